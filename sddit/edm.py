@@ -21,16 +21,20 @@ sigma_min, sigma_max = 0.002, 80.0  # the range the sampler integrates over; σ_
 # %% ../nbs/01_edm.ipynb #c9441162
 def add_noise(x0: torch.Tensor, sigma, noise: torch.Tensor | None = None) -> torch.Tensor:
     "Eq. 3: x_σ = x0 + n with n ~ N(0, σ²I); `sigma` is a number or one value per sample."
+    ### BEGIN SOLUTION
     sigma = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device)
     if sigma.ndim == 1: sigma = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     if noise is None: noise = torch.randn_like(x0)
     return x0 + sigma * noise
+    ### END SOLUTION
 
 # %% ../nbs/01_edm.ipynb #0dd141cf
 def sample_sigma(n: int, P_mean: float = P_mean, P_std: float = P_std, generator: torch.Generator | None = None,
                  device=None) -> torch.Tensor:
     "Training noise levels: ln σ ~ N(P_mean, P_std²), one per sample."
+    ### BEGIN SOLUTION
     return (torch.randn(n, generator=generator, device=device) * P_std + P_mean).exp()
+    ### END SOLUTION
 
 def lognormal_pdf(sigma, P_mean: float = P_mean, P_std: float = P_std):
     "Density of the training σ (a log-normal), for plots."
@@ -41,16 +45,20 @@ def lognormal_pdf(sigma, P_mean: float = P_mean, P_std: float = P_std):
 def edm_coefficients(sigma, sigma_data: float = sigma_data):
     "EDM preconditioning: returns (c_skip, c_out, c_in, c_noise) for noise level(s) `sigma`."
     sigma = torch.as_tensor(sigma, dtype=torch.float32) if not torch.is_tensor(sigma) else sigma
+    ### BEGIN SOLUTION
     s2, d2 = sigma ** 2, sigma_data ** 2
     c_skip = d2 / (s2 + d2)
     c_out = sigma * sigma_data / (s2 + d2).sqrt()
     c_in = 1 / (s2 + d2).sqrt()
     c_noise = sigma.log() / 4
+    ### END SOLUTION
     return c_skip, c_out, c_in, c_noise
 
 def loss_weight(sigma, sigma_data: float = sigma_data):
     "λ(σ) = (σ² + σ_d²)/(σ·σ_d)²: the EDM loss weight, = 1/c_out²."
+    ### BEGIN SOLUTION
     return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    ### END SOLUTION
 
 # %% ../nbs/01_edm.ipynb #26b4a1fe
 class EDMPrecond(nn.Module):
@@ -62,8 +70,10 @@ class EDMPrecond(nn.Module):
     def forward(self, x: torch.Tensor, sigma, y=None, **kw):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0: sigma = sigma.expand(x.shape[0])
+        ### BEGIN SOLUTION
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.float().reshape(-1, *([1] * (x.ndim - 1))), self.sigma_data)
         out = self.net((c_in * x).to(x.dtype), c_noise.flatten(), y, **kw)
         F_x, extras = (out if isinstance(out, tuple) else (out, None))
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        ### END SOLUTION
         return D_x if extras is None else (D_x, extras)

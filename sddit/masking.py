@@ -45,21 +45,28 @@ def num_visible(L: int, mask_ratio: float) -> int:
 def random_mask(N: int, L: int, mask_ratio: float, generator: torch.Generator | None = None, device=None) -> Mask:
     "Draw a per-sample random mask keeping ⌊L(1−r)⌋ of `L` tokens (MAE's argsort-of-noise trick)."
     K = num_visible(L, mask_ratio)
+    ### BEGIN SOLUTION
     noise = torch.rand(N, L, generator=generator, device=device)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     mask = torch.ones(N, L, device=ids_shuffle.device)
     mask[:, :K] = 0
     return Mask(ids_shuffle[:, :K], ids_restore, mask.gather(1, ids_restore))
+    ### END SOLUTION
 
 # %% ../nbs/02_masking.ipynb #8373bd6a
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     "Tokens of `x` (N×L×D) at positions `ids` (N×K) → N×K×D."
+    ### BEGIN SOLUTION
     return x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
+    ### END SOLUTION
 
+# %% ../nbs/02_masking.ipynb #9615f356
 def insert_tokens(base: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     "A copy of `base` (N×L×D) with `tokens` (N×K×D) written at positions `ids` (N×K): the complete token set."
+    ### BEGIN SOLUTION
     return base.scatter(1, ids[..., None].expand(-1, -1, base.shape[-1]), tokens)
+    ### END SOLUTION
 
 # %% ../nbs/02_masking.ipynb #58bb7634
 def mask_to_image(mask: torch.Tensor, p: int, H: int, W: int) -> torch.Tensor:

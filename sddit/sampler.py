@@ -30,9 +30,11 @@ def guided_denoiser(net: Callable, y: torch.Tensor | None, cfg_scale: float = 1.
     y_null = torch.full_like(y, null_class)
     def D(x, sigma):
         sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        ### BEGIN SOLUTION
         d = net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([y, y_null]))
         d_cond, d_uncond = d.chunk(2)
         return d_uncond + cfg_scale * (d_cond - d_uncond)
+        ### END SOLUTION
     return D
 
 # %% ../nbs/07_sampler.ipynb #bf6eb489
@@ -53,6 +55,7 @@ def heun_sample(D: Callable, noise: torch.Tensor, steps: int = 40, sigma_min: fl
             eps = torch.randn(x_cur.shape, generator=generator, device=x_cur.device, dtype=torch.float64)
             x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * eps
         else: x_hat = x_cur
+        ### BEGIN SOLUTION
         denoised = denoise(x_hat, t_hat)
         d_cur = (x_hat - denoised) / t_hat                       # dx/dσ = (x − D)/σ
         x_next = x_hat + (t_next - t_hat) * d_cur                # Euler step
@@ -60,6 +63,7 @@ def heun_sample(D: Callable, noise: torch.Tensor, steps: int = 40, sigma_min: fl
             denoised = denoise(x_next, t_next)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        ### END SOLUTION
         if callback is not None:
             callback(dict(i=i, sigma=float(t_hat), sigma_next=float(t_next), x=x_next.float(), denoised=denoised.float()))
     return x_next.to(torch.float32)

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from sddit.assign import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_SOLUTION, STUB, fill_answers, find_exercises, grade,
-                          read_notebook, regions)
+                          main, read_notebook, regions)
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / 'nbs'
@@ -200,12 +200,13 @@ def test_a_notebook_that_imports_our_answers_is_flagged(tmp_path):
     (['make', 'nbs/01_edm.ipynb', '--out', '{tmp}/file.txt'], 'is a file: give a folder'),
     (['make', 'nbs/01_edm.ipynb', '--out', 'nbs'], 'the copy would overwrite the lesson'),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
     (tmp_path / 'file.txt').write_text('keep')
-    r = cli(*[a.replace('{tmp}', str(tmp_path)) for a in args])
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
+    with pytest.raises(SystemExit) as e: main([a.replace('{tmp}', str(tmp_path)) for a in args])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
     assert (tmp_path / 'file.txt').read_text() == 'keep' and len(list(tmp_path.iterdir())) == 1
 
 

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .masking import patchify, unpatchify, gather_tokens, insert_tokens, Mask, num_visible
+from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'drop_labels', 'sincos_pos_embed_1d',
            'sincos_pos_embed_2d', 'modulate', 'Attention', 'DiTBlock', 'FinalLayer', 'DiTConfig', 'model_config',
-           'EncoderOut', 'DiTEncoder', 'DiTDecoder', 'SDDiT', 'block_macs', 'forward_macs']
+           'run_blocks', 'EncoderOut', 'DiTEncoder', 'DiTDecoder', 'SDDiT', 'block_macs', 'forward_macs']
 
 # %% ../nbs/03_dit.ipynb #8de2ce3a
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.) -> torch.Tensor:
@@ -154,6 +155,12 @@ def model_config(preset: str, method: str = 'sddit', **overrides) -> DiTConfig:
     return DiTConfig(**{**kw, **overrides})
 
 # %% ../nbs/03_dit.ipynb #bf89dcb8
+def run_blocks(blocks, h, c, grad_checkpoint: bool = False):
+    "Apply DiT `blocks` in turn; with `grad_checkpoint` (and gradients on) each block's activations are recomputed in backward."
+    for blk in blocks:
+        h = checkpoint(blk, h, c, use_reentrant=False) if grad_checkpoint and torch.is_grad_enabled() else blk(h, c)
+    return h
+
 class EncoderOut(NamedTuple):
     "What the encoder hands on: `h` N×(1+K)×D tokens ([CLS] first if any), `c` N×D conditioning, `x_tok` N×L×D embedded patches."
     h: torch.Tensor
@@ -171,6 +178,7 @@ class DiTEncoder(nn.Module):
         self.y_embedder = LabelEmbedder(cfg.num_classes, D) if cfg.num_classes else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.cls_token else None
         self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.grad_checkpoint = False                                    # recompute blocks in backward (saves memory)
 
     @property
     def n_extra(self): return int(self.cls_token is not None)
@@ -188,7 +196,7 @@ class DiTEncoder(nn.Module):
         h = x_tok if ids_keep is None else gather_tokens(x_tok, ids_keep)
         if self.cls_token is not None: h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype), h], 1)
         c = self.condition(c_noise, y)
-        for blk in self.blocks: h = blk(h, c)
+        h = run_blocks(self.blocks, h, c, self.grad_checkpoint)
         return EncoderOut(h, c, x_tok)
 
 # %% ../nbs/03_dit.ipynb #c11059d4
@@ -201,6 +209,7 @@ class DiTDecoder(nn.Module):
         self.register_buffer('pos_embed', sincos_pos_embed_2d(Dd, cfg.grid)[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
         self.blocks = nn.ModuleList([DiTBlock(Dd, cfg.dec_heads, cfg.mlp_ratio, cond_dim=D) for _ in range(cfg.decoder_depth)])
+        self.grad_checkpoint = False
 
     def complete_tokens(self, visible, x_tok, ids_keep):
         "H: `visible` encoder outputs written over the embedded patches `x_tok` (or over mask tokens, MaskDiT)."
@@ -210,8 +219,7 @@ class DiTDecoder(nn.Module):
 
     def forward(self, visible, x_tok, c, ids_keep=None):
         h = self.decoder_embed(self.complete_tokens(visible, x_tok, ids_keep)) + self.pos_embed.to(visible.dtype)
-        for blk in self.blocks: h = blk(h, c)
-        return h
+        return run_blocks(self.blocks, h, c, self.grad_checkpoint)
 
 class SDDiT(nn.Module):
     "The student branch D_θ = decoder ∘ encoder (or a plain DiT when `decoder_depth = 0`); call as F(x_in, c_noise, y)."
@@ -223,6 +231,12 @@ class SDDiT(nn.Module):
         self.final_layer = FinalLayer(cfg.dec_width if self.decoder is not None else cfg.hidden_size,
                                       cfg.hidden_size, cfg.patch_size, cfg.in_channels)
         self.initialize_weights()
+
+    def set_grad_checkpoint(self, on: bool = True):
+        "Activation checkpointing of every DiT block (encoder and decoder): less memory, one more forward in backward."
+        self.encoder.grad_checkpoint = on
+        if self.decoder is not None: self.decoder.grad_checkpoint = on
+        return self
 
     def initialize_weights(self):
         "DiT's initialisation: Xavier linears, N(0, 0.02) embeddings, zero adaLN modulations and output layer."

@@ -175,8 +175,7 @@ def _check(a):
     out = Path(a.out)
     if out.suffix not in ('.npz', '.png'): raise SampleError(f"--out {a.out}: end it in .npz (samples + grid) or .png (grid only)")
     if out.is_dir(): raise SampleError(f"--out {a.out} is a folder: pass a file name ending in .npz or .png")
-    ck = Path(a.ckpt)
-    if not (ck / 'ckpt.pt' if ck.is_dir() else ck).is_file():
+    if not Path(a.ckpt).exists():                       # a folder is checked by load_model (it finds the newest checkpoint)
         raise SampleError(f"--ckpt {a.ckpt}: no checkpoint there; pass a run folder or a ckpt.pt written by sddit.train")
     try: labels = [int(c) for c in a.class_labels.split(',')] if a.class_labels else None
     except ValueError: raise SampleError(f"--class-labels {a.class_labels!r}: give comma-separated integers, e.g. 3,7") from None

@@ -127,7 +127,8 @@ def test_sample_bad_input(run_dir, tmp_path, args, message):
 
 def test_sample_corrupt_checkpoint(tmp_path):
     (tmp_path / 'ckpt.pt').write_bytes(b'not a checkpoint')
-    one_line_exit_2(run('sddit.sample', '--ckpt', tmp_path, '--out', tmp_path / 'o.npz'), 'cannot load it')
+    one_line_exit_2(run('sddit.sample', '--ckpt', tmp_path / 'ckpt.pt', '--out', tmp_path / 'o.npz'), 'cannot load it')
+    assert not (tmp_path / 'o.npz').exists()
 
 
 @pytest.mark.parametrize('args, message', [

@@ -1,5 +1,5 @@
 """`python -m sddit.train` end to end: the files it promises, bad input, and an interrupt that loses nothing."""
-import json, os, signal, subprocess, sys, time
+import importlib.util, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -28,12 +28,16 @@ def test_short_run_writes_every_promised_file(tmp_path, method):
     assert cfg['model']['decoder_depth'] == (0 if method == 'dit' else 2)
     rows = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [r['step'] for r in rows] == [2, 4, 6]
-    for r in rows:
-        assert {'step', 'loss', 'L_G', 'sigma_logmean', 'sigma_logstd', 'time', 'steps_per_s'} <= set(r)
-        assert r['loss'] > 0 and r['time'] >= 0
+    for row in rows:
+        assert {'step', 'loss', 'L_G', 'sigma_logmean', 'sigma_logstd', 'time', 'steps_per_s'} <= set(row)
+        assert row['loss'] > 0 and row['time'] >= 0
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     assert ck['step'] == 6 and {'model', 'ema', 'opt', 'rng_cpu'} <= set(ck)
     assert (out / 'samples' / 'step0000004.png').is_file()
+    if importlib.util.find_spec('tensorboard') is not None:                # TensorBoard events, or one line saying why not
+        assert list((out / 'tb').glob('events.out.tfevents.*'))
+    else:
+        assert r.stdout.count('TensorBoard logging skipped') == 1 and not (out / 'tb').exists()
 
 
 def test_default_out_folder_is_runs_time(tmp_path):

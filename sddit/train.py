@@ -34,8 +34,8 @@ __all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'CKPT', 'TrainConfig'
 _IMAGENET = dict(data=None, steps=400_000, batch_size=256, lr=1e-4, ema_decay=0.9999, log_every=100,
                  sample_every=10_000, ckpt_every=5_000, sample_steps=40, cfg_scale=1.5, eval_every=0)
 TRAIN_PRESETS = {
-    'digits': dict(model='digits', data='digits', steps=1500, batch_size=128, lr=1e-3, ema_decay=0.999,
-                   log_every=25, sample_every=500, ckpt_every=500, sample_steps=40, cfg_scale=2.0, eval_every=500,
+    'digits': dict(model='digits', data='digits', steps=1200, batch_size=128, lr=1e-3, ema_decay=0.999,
+                   log_every=25, sample_every=600, ckpt_every=400, sample_steps=40, cfg_scale=2.0, eval_every=600,
                    head_out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
     'imagenet256-s': dict(model='DiT-S/2', **_IMAGENET),
     'imagenet256-b': dict(model='DiT-B/2', **_IMAGENET),

@@ -28,7 +28,8 @@ __all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'CKPT', 'TrainConfig'
            'make_optimizer', 'history_name', 'save_checkpoint', 'load_checkpoint', 'checkpoint_files',
            'write_checkpoint', 'remove_partial_checkpoints', 'latest_checkpoint', 'load_model', 'plot_loss', 'plot_fid',
            'sample_labels', 'latent_preview', 'save_samples', 'RunLog', 'Procs', 'init_processes', 'set_precision',
-           'autocast', 'StopRequest', 'Student', 'Parts', 'train_step', 'train', 'evaluate_ema', 'parse_args', 'main']
+           'autocast', 'StopRequest', 'Student', 'Parts', 'build_parts', 'logged_keys', 'train_step', 'train',
+           'evaluate_ema', 'parse_args', 'main']
 
 # %% ../nbs/09_train.ipynb #4714d77b
 _IMAGENET = dict(data=None, steps=400_000, batch_size=256, lr=1e-4, ema_decay=0.9999, log_every=100,
@@ -523,6 +524,27 @@ class Parts:
     teacher: Teacher | None = None
     dino: DINOLoss | None = None
 
+def build_parts(c: TrainConfig, ncfg: DiTConfig, lcfg: LossConfig, device) -> Parts:
+    "Fresh parts of a run, seeded by `c.seed` (the same weights on every rank); not wrapped for DDP, not compiled."
+    torch.manual_seed(c.seed)
+    model = EDMPrecond(SDDiT(ncfg)).to(device)
+    if c.grad_checkpoint: model.net.set_grad_checkpoint()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    head = teacher = dino = None
+    params = list(model.parameters())
+    if lcfg.disc:                                                       # SD-DiT's discrimination half
+        head = DINOHead(ncfg.hidden_size, c.head_out_dim, c.head_hidden_dim, c.head_bottleneck_dim).to(device)
+        teacher = Teacher(model.net.encoder, head)
+        dino = DINOLoss(c.head_out_dim, warmup_steps=int(c.tau_t_warmup_frac * c.steps)).to(device)
+        params += [p for p in head.parameters() if p.requires_grad]
+    opt = make_optimizer(params, c.lr, device)
+    return Parts(model, ema, opt, Student(model, head, lcfg, teacher, dino), head, teacher, dino)
+
+def logged_keys(lcfg: LossConfig) -> list:
+    "The step outputs a run logs: losses, and for SD-DiT the L_D parts and the teacher's entropies."
+    return ['loss', 'L_G'] + (['L_D', 'L_D_cls', 'L_D_patch', 'entropy_cls', 'entropy_patch', 'token_entropy_cls',
+                               'token_entropy_patch'] if lcfg.disc else []) + (['L_MAE'] if lcfg.method == 'maskdit' else [])
+
 def train_step(p: Parts, x, y, step: int, c: TrainConfig, logged: list, rank: int = 0, world: int = 1) -> tuple:
     """One global step on this rank's share (x, y): per micro-batch seed → losses → backward (DDP reduces on the last),
     then the skip flag, AdamW, EMA, teacher and centres. Returns (the `logged` values, mean and mean square of ln σ,
@@ -597,18 +619,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> Path:
     if st is not None: _checkpoint_compatible(st, config, ckpt_path)      # before anything is written
 
     set_precision(c.precision, device)
-    torch.manual_seed(c.seed)                                           # the same initial weights on every rank
-    model = EDMPrecond(SDDiT(ncfg)).to(device)
-    if c.grad_checkpoint: model.net.set_grad_checkpoint()
-    ema = copy.deepcopy(model).requires_grad_(False)
-    head = teacher = dino = None
-    params = list(model.parameters())
-    if lcfg.disc:                                                       # SD-DiT's discrimination half
-        head = DINOHead(ncfg.hidden_size, c.head_out_dim, c.head_hidden_dim, c.head_bottleneck_dim).to(device)
-        teacher = Teacher(model.net.encoder, head)
-        dino = DINOLoss(c.head_out_dim, warmup_steps=int(c.tau_t_warmup_frac * c.steps)).to(device)
-        params += [p for p in head.parameters() if p.requires_grad]
-    opt = make_optimizer(params, c.lr, device)
+    parts = build_parts(c, ncfg, lcfg, device)                          # the same initial weights on every rank
+    model, ema, opt, head, teacher, dino = parts.model, parts.ema, parts.opt, parts.head, parts.teacher, parts.dino
     config.update(params=sum(p.numel() for p in model.parameters()),
                   head_params=sum(p.numel() for p in head.parameters()) if head is not None else 0)
     step, skipped, rows = 0, 0, []
@@ -626,10 +638,9 @@ def train(cfg: TrainConfig, quiet: bool = False) -> Path:
     if c.compile:
         model.net.compile()
         if teacher is not None: teacher.encoder.compile()
-    student = Student(model, head, lcfg, teacher, dino)
     if pr.world > 1:
-        student = nn.parallel.DistributedDataParallel(student, device_ids=[device] if device.type == 'cuda' else None,
-                                                      broadcast_buffers=False, gradient_as_bucket_view=True)
+        parts.student = nn.parallel.DistributedDataParallel(parts.student, device_ids=[device] if device.type == 'cuda' else None,
+                                                            broadcast_buffers=False, gradient_as_bucket_view=True)
     metrics_path = out / 'metrics.jsonl'
     if pr.main:
         (out / 'samples' if c.sample_every else out).mkdir(parents=True, exist_ok=True)
@@ -650,14 +661,11 @@ def train(cfg: TrainConfig, quiet: bool = False) -> Path:
         if device.type == 'cuda': state['rng_cuda'] = torch.cuda.get_rng_state()
         return write_checkpoint(out, step, state, keep=c.keep_ckpts, protect=last_good)
 
-    logged = ['loss', 'L_G'] + (['L_D', 'L_D_cls', 'L_D_patch', 'entropy_cls', 'entropy_patch', 'token_entropy_cls',
-                                     'token_entropy_patch'] if lcfg.disc else []) + \
-             (['L_MAE'] if c.method == 'maskdit' else [])
+    logged = logged_keys(lcfg)
     keys = logged + ['log_sigma', 'log_sigma_sq', 'grad_norm']
     sums = torch.zeros(len(keys), device=device)
     bad_run = torch.zeros((), dtype=torch.long, device=device)          # non-finite steps in a row, on the device
     bad_sum = torch.zeros((), dtype=torch.long, device=device)
-    parts = Parts(model, ema, opt, student, head, teacher, dino)
     check_every = 1 if device.type == 'cpu' else 10
     n_acc, t_log, t_start = 0, time.time(), time.time()
     saved_at, stop_name = (step if ckpt_path is not None else None), None

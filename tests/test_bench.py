@@ -1,0 +1,27 @@
+"""`python -m sddit.bench` as a smoke test: it runs the digits preset for the three methods and prints its table.
+No timing is asserted (speed lives in the benchmark's output, not in tests)."""
+import json, os, subprocess, sys
+
+ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}
+
+
+def test_bench_smoke(tmp_path):
+    js = tmp_path / 'bench.json'
+    r = subprocess.run([sys.executable, '-m', 'sddit.bench', '--steps', '2', '--warmup', '1', '--runs', 'digits:32',
+                        '--json', str(js)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith('| model | method |') and r.stdout.count('| digits |') == 3
+    rows = json.loads(js.read_text())['rows']
+    assert [x['method'] for x in rows] == ['sddit', 'maskdit', 'dit'] and all(x['batch'] == 32 for x in rows)
+    for x in rows:
+        assert x['ms'] > 0 and x['tflops'] > 0 and x['gmacs_per_img'] > 0
+    sd, md, dit = (x['gmacs_per_img'] for x in rows)
+    assert sd > md > 0 and sd > dit                                    # the SD-DiT step does the most arithmetic
+
+
+def test_bench_bad_input():
+    r = subprocess.run([sys.executable, '-m', 'sddit.bench', '--runs', 'digits:many'], capture_output=True, text=True,
+                       env=ENV, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["sddit.bench: error: --runs takes PRESET or PRESET:BATCH, got 'digits:many'"]
+    r = subprocess.run([sys.executable, '-m', 'sddit.bench', '--runs', 'cifar'], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 2 and "unknown preset 'cifar'" in r.stderr

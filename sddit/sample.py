@@ -135,20 +135,10 @@ def save_grid(path, images: np.ndarray, ncols: int = 10, max_images: int = 100, 
 DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'
 
 def load_vae(name: str, device='cpu'):
-    "A diffusers `AutoencoderKL` from a local folder or a cached Hugging Face id; `SampleError` naming the fix otherwise."
-    import importlib.util, warnings
-    from diffusers import AutoencoderKL
-    p = Path(name).expanduser()
-    kw = dict(subfolder='vae') if (p / 'vae' / 'config.json').is_file() and not (p / 'config.json').is_file() else {}
-    if importlib.util.find_spec('accelerate') is None: kw['low_cpu_mem_usage'] = False    # no "install accelerate" nag
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            vae = AutoencoderKL.from_pretrained(str(p) if p.exists() else name, **kw)
-    except Exception as e:
-        raise SampleError(f"cannot load the VAE {name!r} ({type(e).__name__}): pass --vae with a local diffusers AutoencoderKL "
-                          f"folder (e.g. `hf download {DEFAULT_VAE} --local-dir sd-vae-ft-ema` on a machine with internet)") from None
-    return vae.to(device).eval().requires_grad_(False)
+    "The VAE of a latent checkpoint on `device`: `sddit.latents.load_vae` (a local folder or a cached id), `SampleError` otherwise."
+    from sddit.latents import load_vae as _load_vae, LatentsError
+    try: return _load_vae(name).to(device)
+    except LatentsError as e: raise SampleError(str(e)) from None
 
 # %% ../nbs/07a_sample.ipynb #1b134e26
 def parse_args(argv=None):

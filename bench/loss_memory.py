@@ -15,15 +15,15 @@ def one(preset: str, batch: int, loss: str) -> dict:
     import sddit.dino as dino_mod
     from sddit.dit import SDDiT, model_config
     from sddit.edm import EDMPrecond
-    from sddit.dino import DINOHead, DINOLoss, distill_ce
+    from sddit.dino import DINOHead, DINOLoss, distill_ce, entropy
     from sddit.teacher import Teacher
     from sddit.losses import LossConfig, training_losses
     torch.manual_seed(0)
     if loss == 'plain':   # the reference: full logits for every token, kept by autograd
         def plain(z_s, w_s, z_t, w_t, center, tau_s, tau_t, chunk=0):
             s, t = z_s @ w_s.T, z_t @ w_t.T
-            p_mean = ((t.float() - center) / tau_t).softmax(-1).mean(0)
-            return distill_ce(s, t, center, tau_s, tau_t), p_mean
+            p_t = ((t.float() - center) / tau_t).softmax(-1)
+            return distill_ce(s, t, center, tau_s, tau_t), p_t.mean(0), entropy(p_t).mean()
         dino_mod.chunked_distill_ce = plain
     if preset == 'digits':
         cfg, K, hid, bott = model_config('digits'), 1024, 256, 64

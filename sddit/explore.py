@@ -61,7 +61,7 @@ def example_digits(n: int = 3, split: str = 'test', start: int = 0) -> tuple[tor
 def explore_model(ckpt=None, method: str = 'sddit', seed: int = 0) -> EDMPrecond:
     "The model the views use: the EMA weights of a run folder / ckpt.pt, or (`ckpt=None`) a random digits SD-DiT."
     if ckpt is not None:
-        from sddit.train import load_model
+        from sddit.checkpoint import load_model
         return load_model(ckpt)
     with torch.random.fork_rng():        # a fixed random model without touching the caller's RNG
         torch.manual_seed(seed)
@@ -408,7 +408,7 @@ def explore_disc(ckpt=None, model: EDMPrecond | None = None, seed: int = 0) -> d
         K = head.out_dim
         return dict(head=head.eval(), teacher=Teacher(enc, head).eval(), center_cls=torch.zeros(K), center_patch=torch.zeros(K),
                     tau_s=0.1, tau_t=0.07, source='random model')
-    from sddit.train import load_checkpoint
+    from sddit.checkpoint import load_checkpoint
     path = Path(ckpt); path = path / 'ckpt.pt' if path.is_dir() else path
     st = load_checkpoint(path)
     if 'head' not in st:

@@ -173,7 +173,7 @@ def _check(a):
 
 def main(argv=None):
     "Entry point of `python -m sddit.sample` (also under `torchrun`): exit code 2 with one line on bad input."
-    from sddit.train import load_model
+    from sddit.checkpoint import load_model
     a = parse_args(argv)
     world = int(os.environ.get('WORLD_SIZE', '1'))
     try:

@@ -20,16 +20,16 @@ from .losses import LossConfig, training_losses, METHODS, DEFAULT_MASK_RATIO
 from .dino import DINOHead, DINOLoss
 from .teacher import Teacher, teacher_momentum
 from .sampler import generate
+from .checkpoint import (CKPT, history_name, save_checkpoint, load_checkpoint, checkpoint_files, write_checkpoint,
+                              remove_partial_checkpoints, latest_checkpoint, load_model)
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'CKPT', 'TrainConfig', 'ConfigError', 'resolve_config', 'net_config',
+__all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'TrainConfig', 'ConfigError', 'resolve_config', 'net_config',
            'loss_config', 'micro_batch_size', 'micro_seed', 'dist_env', 'TrainData', 'open_data', 'check_data_shape',
            'StepBatches', 'step_batches', 'lerp_params_', 'ema_update', 'ema_decay_at', 'teacher_update', 'adamw_step',
-           'make_optimizer', 'history_name', 'save_checkpoint', 'load_checkpoint', 'checkpoint_files',
-           'write_checkpoint', 'remove_partial_checkpoints', 'latest_checkpoint', 'load_model', 'plot_loss', 'plot_fid',
-           'sample_labels', 'latent_preview', 'save_samples', 'RunLog', 'Procs', 'init_processes', 'set_precision',
-           'autocast', 'StopRequest', 'Student', 'Parts', 'build_parts', 'logged_keys', 'train_step', 'train',
-           'evaluate_ema', 'parse_args', 'main']
+           'make_optimizer', 'plot_loss', 'plot_fid', 'sample_labels', 'latent_preview', 'save_samples', 'RunLog',
+           'Procs', 'init_processes', 'set_precision', 'autocast', 'StopRequest', 'Student', 'Parts', 'build_parts',
+           'logged_keys', 'train_step', 'train', 'evaluate_ema', 'parse_args', 'main']
 
 # %% ../nbs/09_train.ipynb #4714d77b
 _IMAGENET = dict(data=None, steps=400_000, batch_size=256, lr=1e-4, ema_decay=0.9999, log_every=100,
@@ -276,90 +276,6 @@ def make_optimizer(params, lr: float, device) -> torch.optim.AdamW:
     "AdamW without weight decay; fused (one kernel for all tensors) where PyTorch has it for `device`."
     try: return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=torch.device(device).type in ('cuda', 'cpu'))
     except (RuntimeError, TypeError): return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-
-# %% ../nbs/09_train.ipynb #a209d892
-CKPT = 'ckpt.pt'
-_HISTORY = re.compile(r'^ckpt-(\d+)\.pt$')
-
-def history_name(step: int) -> str: return f'ckpt-{step:07d}.pt'
-
-def _fsync_dir(path: Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass                                                # not every filesystem lets a folder be synced
-
-def save_checkpoint(path: Path, **state):
-    "Atomically write `state` to `path`: a temporary file, flushed to disk, renamed into place."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
-
-def load_checkpoint(path: Path, device='cpu', mmap: bool = True) -> dict:
-    "Load a checkpoint written by `save_checkpoint`, safely (`weights_only=True`), memory-mapped unless `mmap=False`."
-    return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
-
-def checkpoint_files(out: Path) -> list[Path]:
-    "The history checkpoints `ckpt-<step>.pt` in `out`, newest step first."
-    out = Path(out)
-    if not out.is_dir(): return []
-    found = [(int(m.group(1)), out / f) for f in os.listdir(out) if (m := _HISTORY.match(f))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-def write_checkpoint(out: Path, step: int, state: dict, keep: int = 3, protect: Path | None = None) -> Path:
-    "Write `ckpt-<step>.pt` atomically, point `ckpt.pt` at it, keep the newest `keep` (and `protect`); returns its path."
-    out = Path(out); hist = out / history_name(step)
-    save_checkpoint(hist, step=step, **state)
-    tmp = out / f'.{CKPT}.link{os.getpid()}'
-    if tmp.exists(): tmp.unlink()
-    try: os.link(hist, tmp)
-    except OSError: shutil.copyfile(hist, tmp)
-    os.replace(tmp, out / CKPT); _fsync_dir(out)
-    for old in checkpoint_files(out)[keep:]:
-        if old != protect and old != hist: old.unlink()
-    return hist
-
-def remove_partial_checkpoints(out: Path) -> list[str]:
-    "Delete the temporary files of checkpoint writes that were killed midway; returns their names."
-    out, gone = Path(out), []
-    for f in (os.listdir(out) if Path(out).is_dir() else []):
-        if f.startswith(('.ckpt', '.' + CKPT)) and ('.tmp' in f or '.link' in f):
-            (out / f).unlink(missing_ok=True); gone.append(f)
-    return gone
-
-def latest_checkpoint(out: Path, device='cpu', warn=print) -> tuple[Path | None, dict | None]:
-    "The newest checkpoint in run folder `out` that loads (history files first, then `ckpt.pt`); damaged ones are named and skipped."
-    out = Path(out)
-    candidates = checkpoint_files(out) + ([out / CKPT] if (out / CKPT).is_file() else [])
-    for path in candidates:
-        try:
-            st = load_checkpoint(path, device)
-            if not isinstance(st, dict) or not {'model', 'step', 'config'} <= set(st): raise ValueError('not a training checkpoint')
-            m = _HISTORY.match(path.name)
-            if m and int(m.group(1)) != st['step']: raise ValueError(f"it holds step {st['step']}")
-            return path, st
-        except Exception as e:
-            if warn: warn(f'skipping damaged checkpoint {path} ({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ""})')
-    return None, None
-
-# %% ../nbs/09_train.ipynb #8bea1b0f
-def load_model(path, which: str = 'ema', device='cpu') -> EDMPrecond:
-    "The `EDMPrecond` model of a run folder (its newest intact checkpoint) or a checkpoint file (`which`: 'ema' or 'model'), in eval mode."
-    path = Path(path)
-    if path.is_dir():
-        found, st = latest_checkpoint(path, warn=lambda m: print(m, file=sys.stderr))
-        if found is None: raise FileNotFoundError(f"no checkpoint in {path}: pass a run folder or a ckpt.pt written by sddit.train")
-    elif not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}: pass a run folder or a ckpt.pt written by sddit.train")
-    else: st = load_checkpoint(path)
-    model = EDMPrecond(SDDiT(DiTConfig(**st['config']['model']))).to(device)
-    model.load_state_dict(st[which])
-    return model.eval().requires_grad_(False)
 
 # %% ../nbs/09_train.ipynb #ad09185e
 def plot_loss(rows: list, path: Path):

@@ -167,7 +167,7 @@ def test_latent_checkpoint_is_decoded_by_the_vae(tmp_path):
     from diffusers import AutoencoderKL
     from sddit.dit import SDDiT, model_config
     from sddit.edm import EDMPrecond
-    from sddit.train import save_checkpoint
+    from sddit.checkpoint import save_checkpoint
     torch.manual_seed(0)
     m = EDMPrecond(SDDiT(model_config('digits', in_channels=4, input_size=4)))
     save_checkpoint(tmp_path / 'ckpt.pt', ema=m.state_dict(), model=m.state_dict(), config=dict(model=asdict(m.net.cfg)), step=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'mask_ratio_of', 'run_one', 'load_results', 'run_all', 'summarize', 'results_table', 'plot_results',
-           'main']
+__all__ = ['EXPERIMENTS', 'COLLAPSE_KEYS', 'mask_ratio_of', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize',
+           'results_table', 'collapse_table', 'plot_results', 'write_summary', 'main']
 
 # %% ../nbs/12_experiments.ipynb #2ddc420e
 EXPERIMENTS = {
@@ -32,7 +32,8 @@ def mask_ratio_of(name: str) -> float | None:
 # %% ../nbs/12_experiments.ipynb #65cc9441
 def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, sample_steps: int = 20) -> dict:
     "Train variant `name` with `seed` for `steps` on digits, evaluate it, and return its result row."
-    from sddit.train import TrainConfig, train, load_model
+    from sddit.train import TrainConfig, train
+    from sddit.checkpoint import load_model
     from sddit.metrics import evaluate_digits
     if name not in EXPERIMENTS: raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     run_dir = Path(out) / 'runs' / f'{name}-s{seed}'
@@ -45,7 +46,14 @@ def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, 
     last = rows[-1]
     return dict(name=name, seed=seed, steps=steps, fid=ev['fid'],
                 class_acc=ev['class_acc'], train_s=last['time'], wall_s=round(time.time() - t0, 1),
-                L_G=last['L_G'], L_D=last.get('L_D'), n_samples=10 * n_per_class, sample_steps=sample_steps)
+                L_G=last['L_G'], L_D=last.get('L_D'), n_samples=10 * n_per_class, sample_steps=sample_steps, **final_stats(rows))
+
+COLLAPSE_KEYS = ('L_D_cls', 'L_D_patch', 'token_entropy_cls', 'entropy_cls', 'token_entropy_patch', 'entropy_patch', 'log_K')
+
+def final_stats(rows: list) -> dict:
+    "The discrimination half's last logged numbers (L_D parts, teacher entropies, log K) of a run's metrics rows; {} without L_D."
+    last = rows[-1] if rows else {}
+    return {k: last[k] for k in COLLAPSE_KEYS if k in last}
 
 def load_results(path) -> list:
     "All result rows of a results.jsonl file (empty if there is none yet)."
@@ -84,6 +92,18 @@ def results_table(rows: list) -> str:
         lines.append(f'| {name} | {f[0]:.2f} ± {f[1]:.2f} | {a[0]:.3f} ± {a[1]:.3f} | {t[0]:.0f} ± {t[1]:.0f} | {f[2]} |')
     return '\n'.join(lines)
 
+def collapse_table(rows: list) -> str:
+    "The collapse check of every variant with L_D: the teacher's final entropies (mean over seeds) against 0 and log K."
+    lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) | log K |',
+             '|---|---|---|---|---|---|']
+    for name in EXPERIMENTS:
+        rs = [r for r in rows if r['name'] == name and 'token_entropy_patch' in r]
+        if not rs: continue
+        m = {k: float(np.mean([r[k] for r in rs])) for k in COLLAPSE_KEYS[2:]}
+        lines.append(f"| {name} | {m['token_entropy_cls']:.2f} | {m['entropy_cls']:.2f} | {m['token_entropy_patch']:.2f} | "
+                     f"{m['entropy_patch']:.2f} | {m['log_K']:.2f} |")
+    return '\n'.join(lines)
+
 def plot_results(rows: list, path=None):
     "Three panels: Table 3 + baselines (bars), Fig. 5 (FID and accuracy vs mask ratio), Fig. 6 (teacher noise)."
     import matplotlib.pyplot as plt
@@ -111,6 +131,14 @@ def plot_results(rows: list, path=None):
     if path is not None: fig.savefig(path, dpi=120)
     return fig
 
+def write_summary(rows: list, out, steps: int):
+    "summary.md (both tables and the total run time, training + evaluation) and experiments.png in `out`."
+    hours = sum(r.get('wall_s', 0) for r in rows) / 3600
+    Path(out, 'summary.md').write_text(f'{results_table(rows)}\n\nTeacher entropies at the end of training (collapse check):\n\n'
+                                       f'{collapse_table(rows)}\n\n{len(rows)} runs of {steps} steps; {hours:.1f} h of run time '
+                                       f'in all (training + evaluation, one run after another)\n')
+    plot_results(rows, Path(out) / 'experiments.png')
+
 # %% ../nbs/12_experiments.ipynb #0772bc1a
 def main(argv=None):
     "python -m sddit.experiments: run the sweep (resumable), then write summary.md and experiments.png."
@@ -124,12 +152,12 @@ def main(argv=None):
     if bad or a.steps <= 0 or a.n_per_class <= 0:
         print(f"sddit.experiments: error: {'unknown variant ' + repr(bad[0]) if bad else 'steps and n-per-class must be positive'}"
               f"; variants: {', '.join(EXPERIMENTS)}", file=sys.stderr); raise SystemExit(2)
-    t0 = time.time()
     rows = run_all(a.out, a.only, a.seeds, a.steps, n_per_class=a.n_per_class, sample_steps=a.sample_steps)
-    table = results_table(rows)
-    Path(a.out, 'summary.md').write_text(f'{table}\n\n{len(rows)} runs of {a.steps} steps; sweep wall time {time.time() - t0:.0f} s\n')
-    plot_results(rows, Path(a.out) / 'experiments.png')
-    print(table); print(f"wrote {Path(a.out) / 'results.jsonl'}, {Path(a.out) / 'summary.md'}, {Path(a.out) / 'experiments.png'}")
+    write_summary(rows, a.out, a.steps)
+    print(Path(a.out, 'summary.md').read_text())
+    print(f"wrote {Path(a.out) / 'results.jsonl'}, {Path(a.out) / 'summary.md'}, {Path(a.out) / 'experiments.png'}")
+
+
 
 # %% ../nbs/12_experiments.ipynb #97bcf8df
 #| eval: false

@@ -1,0 +1,35 @@
+"""`python -m sddit.experiments` end to end on two tiny variants: rows, summary with the collapse check, plot, resume."""
+import json, os, subprocess, sys
+
+ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, '-m', 'sddit.experiments', *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
+
+def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
+    out = tmp_path / 'res'
+    args = ('--out', out, '--steps', 3, '--seeds', 0, '--only', 'sddit', 'dit', '--n-per-class', 5, '--sample-steps', 2)
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in (out / 'results.jsonl').read_text().splitlines()]
+    assert [(x['name'], x['seed'], x['steps']) for x in rows] == [('sddit', 0, 3), ('dit', 0, 3)]
+    sd, dt = rows
+    assert sd['fid'] > 0 and 0 <= sd['class_acc'] <= 1 and sd['n_samples'] == 50
+    assert 0 < sd['token_entropy_patch'] <= sd['log_K'] + 1e-3 and 'L_D_cls' in sd   # the collapse check is recorded
+    assert 'token_entropy_patch' not in dt and dt['L_D'] is None                       # DiT has no L_D
+    summary = (out / 'summary.md').read_text()
+    assert '| sddit |' in summary and '| dit |' in summary and 'collapse check' in summary
+    assert summary.count('| sddit |') == 2 and summary.count('| dit |') == 1          # dit only in the quality table
+    assert (out / 'experiments.png').stat().st_size > 10_000
+    r = run(*args)                                                                     # everything done: nothing reruns
+    assert r.returncode == 0, r.stderr
+    assert len((out / 'results.jsonl').read_text().splitlines()) == 2
+
+
+def test_unknown_variant_is_one_line_and_exit_2(tmp_path):
+    r = run('--out', tmp_path / 'x', '--only', 'mdt')
+    assert r.returncode == 2 and "unknown variant 'mdt'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'x').exists()

@@ -25,3 +25,18 @@ def test_bench_bad_input():
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["sddit.bench: error: --runs takes PRESET or PRESET:BATCH, got 'digits:many'"]
     r = subprocess.run([sys.executable, '-m', 'sddit.bench', '--runs', 'cifar'], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 2 and "unknown preset 'cifar'" in r.stderr
+
+
+def test_cls_probe_shows_the_identical_cls_start(tmp_path):
+    "bench/cls_probe.py runs; under adaLN-Zero every image's [CLS] starts identical (per-image entropy = that of the mean), the pooled start does not."
+    import subprocess, sys, os
+    from pathlib import Path
+    script = Path(__file__).parents[1] / 'bench' / 'cls_probe.py'
+    r = subprocess.run([sys.executable, str(script), '--steps', '4', '--freeze', '2'], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert r.returncode == 0, r.stderr
+    rows = {l.split('|')[1].strip(): [float(v) for v in l.split('|')[3:8]] for l in r.stdout.splitlines()
+            if l.startswith('| ') and l.split('|')[1].strip() in ('paper', 'pool', 'freeze')}
+    assert set(rows) == {'paper', 'pool', 'freeze'}
+    assert abs(rows['paper'][0] - rows['paper'][1]) < 1e-3            # one [CLS] distribution for every image
+    assert rows['pool'][1] - rows['pool'][0] > 5e-3                   # image-dependent: the mean is flatter than each

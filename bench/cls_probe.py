@@ -1,0 +1,68 @@
+"""Why does the [CLS] half of L_D not learn on digits? Three starts, one table.
+
+Every SD-DiT run of the digits sweep ends with a uniform [CLS] teacher (entropy of each image's P_T = log K): the
+[CLS] part of L_D sits at log K and gives no gradient, while the patch part stays healthy. This script trains the
+`digits` preset from three starts and prints the teacher's [CLS] and patch entropies as training goes:
+
+* `paper`  — the learned [CLS] token of the paper (identical for every image at initialisation under adaLN-Zero);
+* `pool`   — the [CLS] token plus the mean of the visible patch embeddings, so it differs per image from step 0;
+* `freeze` — the paper's token, with the K prototypes (the head's last layer) frozen for the first `--freeze` steps,
+             as DINO and iBOT freeze their last layer during the first epoch.
+
+`pool` and `freeze` are changes made here by patching, for this probe only; the package trains `paper`.
+
+    python bench/cls_probe.py [--steps 300] [--freeze 100] [--seed 0]
+"""
+import argparse, json, math, tempfile
+from pathlib import Path
+
+import torch
+
+import sddit.dit as dit
+import sddit.train as T
+from sddit.dit import patchify, gather_tokens, run_blocks, EncoderOut
+
+_paper_forward, _paper_step = dit.DiTEncoder.forward, T.train_step
+
+def pooled_forward(self, x_in, c_noise, y=None, ids_keep=None):
+    "The encoder with [CLS] = learned token + mean of the visible patch embeddings."
+    x_tok = self.x_embedder(patchify(x_in, self.cfg.patch_size)) + self.pos_embed.to(x_in.dtype)
+    h = x_tok if ids_keep is None else gather_tokens(x_tok, ids_keep)
+    cls = self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype) + h.mean(1, keepdim=True)
+    c = self.condition(c_noise, y)
+    return EncoderOut(run_blocks(self.blocks, torch.cat([cls, h], 1), c, self.grad_checkpoint), c, x_tok)
+
+def freezing_step(n_freeze):
+    def step_fn(p, x, y, step, *a, **k):
+        p.head.last_layer.parametrizations.weight.original1.requires_grad_(step >= n_freeze)
+        return _paper_step(p, x, y, step, *a, **k)
+    return step_fn
+
+def run(variant, steps, seed, n_freeze, out):
+    dit.DiTEncoder.forward = pooled_forward if variant == 'pool' else _paper_forward
+    T.train_step = freezing_step(n_freeze) if variant == 'freeze' else _paper_step
+    try:
+        T.train(T.TrainConfig(preset='digits', steps=steps, seed=seed, out=str(out), sample_every=0, ckpt_every=steps,
+                              eval_every=0, log_every=25), quiet=True)
+    finally: dit.DiTEncoder.forward, T.train_step = _paper_forward, _paper_step
+    return [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--steps', type=int, default=300); ap.add_argument('--freeze', type=int, default=100)
+    ap.add_argument('--seed', type=int, default=0)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        res = {v: run(v, a.steps, a.seed, a.freeze, Path(d) / v) for v in ('paper', 'pool', 'freeze')}
+    log_k = res['paper'][-1]['log_K']
+    shown = sorted({25, 50, 100, a.freeze, a.steps} & {r['step'] for r in res['paper']})
+    print(f"\nteacher entropies on digits (log K = {log_k:.3f}); per image H(P_T) / of the batch mean H(mean P_T)")
+    print(f"| variant | step | [CLS] per image | [CLS] batch mean | patch per token | patch batch mean | L_D [CLS] |")
+    print('|---|---|---|---|---|---|---|')
+    for v, rows in res.items():
+        for r in rows:
+            if r['step'] in shown:
+                print(f"| {v} | {r['step']} | {r['token_entropy_cls']:.3f} | {r['entropy_cls']:.3f} | "
+                      f"{r['token_entropy_patch']:.3f} | {r['entropy_patch']:.3f} | {r['L_D_cls']:.3f} |")
+
+if __name__ == '__main__': main()

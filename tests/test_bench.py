@@ -32,11 +32,12 @@ def test_cls_probe_shows_the_identical_cls_start(tmp_path):
     import subprocess, sys, os
     from pathlib import Path
     script = Path(__file__).parents[1] / 'bench' / 'cls_probe.py'
-    r = subprocess.run([sys.executable, str(script), '--steps', '4', '--freeze', '2'], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(script), '--steps', '4', '--variants', 'paper', 'pool', 'sharp'], capture_output=True, text=True,
                        timeout=300, env={**os.environ, 'MPLBACKEND': 'Agg'})
     assert r.returncode == 0, r.stderr
     rows = {l.split('|')[1].strip(): [float(v) for v in l.split('|')[3:8]] for l in r.stdout.splitlines()
-            if l.startswith('| ') and l.split('|')[1].strip() in ('paper', 'pool', 'freeze')}
-    assert set(rows) == {'paper', 'pool', 'freeze'}
+            if l.startswith('| ') and l.split('|')[1].strip() in ('paper', 'pool', 'sharp')}
+    assert set(rows) == {'paper', 'pool', 'sharp'}
     assert abs(rows['paper'][0] - rows['paper'][1]) < 1e-3            # one [CLS] distribution for every image
     assert rows['pool'][1] - rows['pool'][0] > 5e-3                   # image-dependent: the mean is flatter than each
+    assert rows['sharp'][0] < rows['paper'][0] - 1                    # τ_T = 0.01 is in force: a far sharper teacher

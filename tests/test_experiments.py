@@ -21,8 +21,9 @@ def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
     assert 0 < sd['token_entropy_patch'] <= sd['log_K'] + 1e-3 and 'L_D_cls' in sd   # the collapse check is recorded
     assert 'token_entropy_patch' not in dt and dt['L_D'] is None                       # DiT has no L_D
     summary = (out / 'summary.md').read_text()
-    assert '| sddit |' in summary and '| dit |' in summary and 'collapse check' in summary
-    assert summary.count('| sddit |') == 2 and summary.count('| dit |') == 1          # dit only in the quality table
+    assert 'Paired by seed' in summary and 'collapse check' in summary
+    assert summary.count('| sddit |') == 2                           # quality and collapse tables (it is the pairing base)
+    assert summary.count('| dit |') == 2                             # quality and paired tables (no L_D: no collapse row)
     assert (out / 'experiments.png').stat().st_size > 10_000
     r = run(*args)                                                                     # everything done: nothing reruns
     assert r.returncode == 0, r.stderr

@@ -338,7 +338,7 @@ def execute_cells(sources: list, timeout: float = 60.0, cwd='.', progress: str |
         nb = nbformat.v4.new_notebook(cells=[copy.deepcopy(c) for c in cells])
         client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=True, shutdown_kernel='immediate',
                                 startup_timeout=120, resources={'metadata': {'path': str(cwd)}})
-        with client.setup_kernel(env=env, stderr=subprocess.DEVNULL):
+        with client.setup_kernel(env=env, stderr=subprocess.DEVNULL, cleanup_kc=True):   # we pass `km`, so nbclient would keep it alive
             replayed = True
             for j in range(pos):                               # bring the new kernel to the state before `pos`
                 if j in skip: continue

@@ -40,6 +40,18 @@ def cli(*args, cwd=ROOT, timeout=900):
                           env=ENV, cwd=cwd, timeout=timeout)
 
 
+def live_kernels():
+    "Kernel processes started by this test process that are still running (Linux /proc; zombies do not count)."
+    found = []
+    for d in Path('/proc').iterdir():
+        try:
+            stat = (d / 'stat').read_text(); cmd = (d / 'cmdline').read_bytes()
+        except (OSError, ValueError): continue
+        fields = stat.rsplit(')', 1)[1].split()
+        if b'ipykernel_launcher' in cmd and int(fields[1]) == os.getpid() and fields[0] != 'Z': found.append(int(d.name))
+    return found
+
+
 def statuses(entry):
     return {x['id']: x['status'] for x in entry['exercises']}
 
@@ -156,6 +168,7 @@ def test_endless_loop_and_crash_cost_only_their_exercises(made, tmp_path):
     assert statuses(e) == {'edm-noising': 'passed', 'edm-sigma': 'timed out', 'edm-precond': 'error'}, e
     assert 'no result within 15 s' in e['exercises'][1]['message'] and 'kernel died' in e['exercises'][2]['message']
     assert e['score'] == 1
+    assert live_kernels() == []                   # the looping kernel is gone, not left spinning (nor any other kernel)
 
 
 def toy(tmp_path):

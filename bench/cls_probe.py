@@ -16,7 +16,7 @@ Everything but `paper` is a change made here by patching, for this probe only; t
 
     python bench/cls_probe.py [--steps 300] [--freeze 100] [--seed 0] [--variants paper pool ...]
 """
-import argparse, json, math, tempfile
+import argparse, tempfile
 from pathlib import Path
 
 import torch
@@ -25,19 +25,20 @@ import sddit.dit as dit
 import sddit.dino as dino
 import sddit.losses as losses
 import sddit.train as T
-from sddit.dit import patchify, gather_tokens, run_blocks, EncoderOut
+from sddit.experiments import load_results
 
-_paper_forward, _paper_step = dit.DiTEncoder.forward, T.train_step
+_paper_init, _paper_step = dit.DiTEncoder.__init__, T.train_step
 _paper_temp, _paper_sigma = dino.teacher_temp, losses.sample_sigma
 VARIANTS = ('paper', 'pool', 'freeze', 'sharp', 'clean')
 
-def pooled_forward(self, x_in, c_noise, y=None, ids_keep=None):
-    "The encoder with [CLS] = learned token + mean of the visible patch embeddings."
-    x_tok = self.x_embedder(patchify(x_in, self.cfg.patch_size)) + self.pos_embed.to(x_in.dtype)
-    h = x_tok if ids_keep is None else gather_tokens(x_tok, ids_keep)
-    cls = self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype) + h.mean(1, keepdim=True)
-    c = self.condition(c_noise, y)
-    return EncoderOut(run_blocks(self.blocks, torch.cat([cls, h], 1), c, self.grad_checkpoint), c, x_tok)
+def pooled_cls(first_block, args):
+    "A pre-hook on the encoder's first block: [CLS] += the mean of the visible patch embeddings that follow it."
+    h, c = args
+    return torch.cat([h[:, :1] + h[:, 1:].mean(1, keepdim=True), h[:, 1:]], 1), c
+
+def pooled_init(self, cfg):
+    _paper_init(self, cfg)
+    self.blocks[0].register_forward_pre_hook(pooled_cls)          # deep copies (the teacher) keep the hook
 
 def freezing_step(n_freeze):
     def step_fn(p, x, y, step, *a, **k):
@@ -46,7 +47,7 @@ def freezing_step(n_freeze):
     return step_fn
 
 def run(variant, steps, seed, n_freeze, out):
-    dit.DiTEncoder.forward = pooled_forward if variant == 'pool' else _paper_forward
+    dit.DiTEncoder.__init__ = pooled_init if variant == 'pool' else _paper_init
     T.train_step = freezing_step(n_freeze) if variant == 'freeze' else _paper_step
     dino.teacher_temp = (lambda *a, **k: 0.01) if variant == 'sharp' else _paper_temp
     losses.sample_sigma = (lambda *a, **k: _paper_sigma(*a, **k).clamp(max=0.2)) if variant == 'clean' else _paper_sigma
@@ -54,9 +55,9 @@ def run(variant, steps, seed, n_freeze, out):
         T.train(T.TrainConfig(preset='digits', steps=steps, seed=seed, out=str(out), sample_every=0, ckpt_every=steps,
                               eval_every=0, log_every=25), quiet=True)
     finally:
-        dit.DiTEncoder.forward, T.train_step = _paper_forward, _paper_step
+        dit.DiTEncoder.__init__, T.train_step = _paper_init, _paper_step
         dino.teacher_temp, losses.sample_sigma = _paper_temp, _paper_sigma
-    return [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    return load_results(out / 'metrics.jsonl')
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])

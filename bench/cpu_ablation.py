@@ -7,7 +7,7 @@ the fused one; attention written out (softmax(QKᵀ/√d)V) instead of `scaled_d
 materialises the K-wide logits; and bf16 autocast. CPU only: on a GPU the same switches are in `python -m sddit.bench`
 (precision, --compile) and the prepared `bench/gpu_bench.sh`.
 """
-import contextlib, math, sys, time
+import contextlib, math
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import sddit.dino as dino_mod
 import sddit.dit as dit_mod
 import sddit.train as train_mod
-from sddit.train import TrainConfig, resolve_config, net_config, loss_config, build_parts, train_step, logged_keys
+from sddit.bench import bench_step
 
 
 def plain_ce(z_s, w_s, z_t, w_t, center, tau_s, tau_t, chunk=0):
@@ -42,17 +42,10 @@ def variant(name):
 
 
 def time_variant(name, steps=20, warmup=5):
-    precision = 'bf16' if name == 'bf16 autocast' else 'fp32'
+    "(ms/step median, loss) of the digits SD-DiT step under `name`, timed by the benchmark's own `bench_step`."
     with variant(name):
-        c = resolve_config(TrainConfig(precision=precision, eval_every=0, steps=10 ** 6))
-        ncfg = net_config(c, 10); lcfg = loss_config(c, 10)
-        p = build_parts(c, ncfg, lcfg, 'cpu')
-        g = torch.Generator().manual_seed(0)
-        x, y = 0.5 * torch.randn(c.batch_size, 1, 8, 8, generator=g), torch.randint(0, 10, (c.batch_size,), generator=g)
-        ts = []
-        for i in range(warmup + steps):
-            t0 = time.perf_counter(); vals, _, _ = train_step(p, x, y, i, c, logged_keys(lcfg)); ts.append(time.perf_counter() - t0)
-    return 1000 * torch.tensor(ts[warmup:]).median().item(), float(vals[0])
+        r = bench_step('digits', 'sddit', 'bf16' if name == 'bf16 autocast' else 'fp32', steps=steps, warmup=warmup)
+    return r['ms'], r['loss']
 
 
 if __name__ == '__main__':

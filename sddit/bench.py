@@ -35,13 +35,19 @@ def step_macs(cfg: DiTConfig, lcfg: LossConfig, head_out_dim: int = 8192, head_h
     return out
 
 # %% ../nbs/13_bench.ipynb #0843b1d2
+def _configs(**kw) -> tuple:
+    "(run, network, loss) configs of a benchmark run: a preset with `kw`, no evaluation, random data of the preset's classes."
+    from sddit.train import TrainConfig, resolve_config, net_config, loss_config
+    c = resolve_config(TrainConfig(eval_every=0, **kw))
+    ncfg = net_config(c, 10 if c.data == 'digits' else 1000)
+    return c, ncfg, loss_config(c, ncfg.num_classes)
+
 def counted_step_macs(preset: str = 'digits', method: str = 'sddit', batch: int = 4, **overrides) -> tuple:
     "(counted, analytic) multiply-adds per image of one forward+backward training step, from FlopCounterMode."
     from torch.utils.flop_counter import FlopCounterMode
     from torch.nn.attention import sdpa_kernel, SDPBackend
-    from sddit.train import TrainConfig, resolve_config, net_config, loss_config, build_parts
-    c = resolve_config(TrainConfig(preset=preset, method=method, batch_size=batch, eval_every=0, **overrides))
-    ncfg = net_config(c, 10 if c.data == 'digits' else 1000); lcfg = loss_config(c, ncfg.num_classes)
+    from sddit.train import build_parts
+    c, ncfg, lcfg = _configs(preset=preset, method=method, batch_size=batch, **overrides)
     p = build_parts(c, ncfg, lcfg, 'cpu')
     x = torch.randn(batch, ncfg.in_channels, ncfg.input_size, ncfg.input_size); y = torch.arange(batch) % max(ncfg.num_classes, 1)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
@@ -55,16 +61,13 @@ def _sync(device):
 def bench_step(preset: str = 'digits', method: str = 'sddit', precision: str = 'fp32', batch: int | None = None,
                steps: int = 20, warmup: int = 5, device='cpu', compile: bool = False, peak_tflops: float | None = None) -> dict:
     "Time `steps` full training steps (after `warmup`) of the trainer's `train_step` on random data; one result row."
-    from sddit.train import TrainConfig, resolve_config, net_config, loss_config, build_parts, train_step, logged_keys, set_precision
+    from sddit.train import build_parts, compile_parts, train_step, logged_keys, set_precision
     device = torch.device(device)
-    c = resolve_config(TrainConfig(preset=preset, method=method, precision=precision, batch_size=batch, eval_every=0,
-                                   device=str(device), compile=compile, steps=10 ** 6))
-    ncfg = net_config(c, 10 if c.data == 'digits' else 1000); lcfg = loss_config(c, ncfg.num_classes)
+    c, ncfg, lcfg = _configs(preset=preset, method=method, precision=precision, batch_size=batch, device=str(device),
+                             compile=compile, steps=10 ** 6)
     set_precision(c.precision, device)
     p = build_parts(c, ncfg, lcfg, device)
-    if compile:
-        p.model.net.compile()
-        if p.teacher is not None: p.teacher.encoder.compile()
+    if compile: compile_parts(p)
     g = torch.Generator().manual_seed(0)
     x = (0.5 * torch.randn(c.batch_size, ncfg.in_channels, ncfg.input_size, ncfg.input_size, generator=g)).to(device)
     y = torch.randint(0, max(ncfg.num_classes, 1), (c.batch_size,), generator=g).to(device)

@@ -41,7 +41,7 @@ def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, 
                       eval_every=0, **EXPERIMENTS[name])
     t0 = time.time()
     train(cfg, quiet=True)
-    rows = [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    rows = load_results(run_dir / 'metrics.jsonl')
     ev = evaluate_digits(load_model(run_dir), n_per_class=n_per_class, steps=sample_steps, cfg_scale=1.0, seed=seed)
     last = rows[-1]
     return dict(name=name, seed=seed, steps=steps, fid=ev['fid'],
@@ -56,7 +56,7 @@ def final_stats(rows: list) -> dict:
     return {k: last[k] for k in COLLAPSE_KEYS if k in last}
 
 def load_results(path) -> list:
-    "All result rows of a results.jsonl file (empty if there is none yet)."
+    "All rows of a JSON-lines file — results.jsonl, a run's metrics.jsonl — (empty if there is none yet)."
     path = Path(path)
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 

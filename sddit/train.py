@@ -20,8 +20,7 @@ from .losses import LossConfig, training_losses, METHODS, DEFAULT_MASK_RATIO
 from .dino import DINOHead, DINOLoss
 from .teacher import Teacher, teacher_momentum
 from .sampler import generate
-from .checkpoint import (CKPT, history_name, save_checkpoint, load_checkpoint, checkpoint_files, write_checkpoint,
-                              remove_partial_checkpoints, latest_checkpoint, load_model)
+from .checkpoint import CKPT, write_checkpoint, remove_partial_checkpoints, latest_checkpoint
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'TrainConfig', 'ConfigError', 'resolve_config', 'net_config',
@@ -29,7 +28,7 @@ __all__ = ['TRAIN_PRESETS', 'HEAD_DEFAULTS', 'PRECISIONS', 'TrainConfig', 'Confi
            'StepBatches', 'step_batches', 'lerp_params_', 'ema_update', 'ema_decay_at', 'teacher_update', 'adamw_step',
            'make_optimizer', 'plot_loss', 'plot_fid', 'sample_labels', 'latent_preview', 'save_samples', 'RunLog',
            'Procs', 'init_processes', 'set_precision', 'autocast', 'StopRequest', 'Student', 'Parts', 'build_parts',
-           'logged_keys', 'train_step', 'train', 'evaluate_ema', 'parse_args', 'main']
+           'compile_parts', 'logged_keys', 'train_step', 'train', 'evaluate_ema', 'parse_args', 'main']
 
 # %% ../nbs/09_train.ipynb #4714d77b
 _IMAGENET = dict(data=None, steps=400_000, batch_size=256, lr=1e-4, ema_decay=0.9999, log_every=100,
@@ -456,6 +455,11 @@ def build_parts(c: TrainConfig, ncfg: DiTConfig, lcfg: LossConfig, device) -> Pa
     opt = make_optimizer(params, c.lr, device)
     return Parts(model, ema, opt, Student(model, head, lcfg, teacher, dino), head, teacher, dino)
 
+def compile_parts(p: Parts):
+    "`--compile`: torch.compile the student network and the teacher's encoder, in place."
+    p.model.net.compile()
+    if p.teacher is not None: p.teacher.encoder.compile()
+
 def logged_keys(lcfg: LossConfig) -> list:
     "The step outputs a run logs: losses, and for SD-DiT the L_D parts and the teacher's entropies."
     return ['loss', 'L_G'] + (['L_D', 'L_D_cls', 'L_D_patch', 'entropy_cls', 'entropy_patch', 'token_entropy_cls',
@@ -551,9 +555,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> Path:
         if device.type == 'cuda' and 'rng_cuda' in st: torch.cuda.set_rng_state(st['rng_cuda'])
         say(f'resuming {out} at step {step} from {ckpt_path.name}')
     del st
-    if c.compile:
-        model.net.compile()
-        if teacher is not None: teacher.encoder.compile()
+    if c.compile: compile_parts(parts)
     if pr.world > 1:
         parts.student = nn.parallel.DistributedDataParallel(parts.student, device_ids=[device] if device.type == 'cuda' else None,
                                                             broadcast_buffers=False, gradient_as_bucket_view=True)

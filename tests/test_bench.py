@@ -1,6 +1,7 @@
 """`python -m sddit.bench` as a smoke test: it runs the digits preset for the three methods and prints its table.
 No timing is asserted (speed lives in the benchmark's output, not in tests)."""
 import json, os, subprocess, sys
+from pathlib import Path
 
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}
 
@@ -29,8 +30,6 @@ def test_bench_bad_input():
 
 def test_cls_probe_shows_the_identical_cls_start(tmp_path):
     "bench/cls_probe.py runs; under adaLN-Zero every image's [CLS] starts identical (per-image entropy = that of the mean), the pooled start does not."
-    import subprocess, sys, os
-    from pathlib import Path
     script = Path(__file__).parents[1] / 'bench' / 'cls_probe.py'
     r = subprocess.run([sys.executable, str(script), '--steps', '4', '--variants', 'paper', 'pool', 'sharp'], capture_output=True, text=True,
                        timeout=300, env={**os.environ, 'MPLBACKEND': 'Agg'})

@@ -12,10 +12,11 @@ import torch
 
 from .metrics import (MetricsError, METRICS, DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR, compute_metrics,
                            digits_reference, class_accuracy, as_uint8_images)
+from .runtime import cli, pick_device
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'LABELS', 'load_samples', 'load_reference', 'evaluate', 'format_table', 'parse_args', 'default_out',
-           'main']
+           'run_evaluate', 'main']
 
 # %% ../nbs/08a_evaluate.ipynb #9b5fe99b
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -97,24 +98,19 @@ def default_out(samples) -> Path:
     p = Path(str(samples).rstrip('/'))
     return p.with_name((p.stem if p.suffix == '.npz' else p.name) + '.metrics.json')
 
-def main(argv=None):
-    "Entry point of `python -m sddit.evaluate`: exit code 2 with one line on bad input."
+def run_evaluate(argv=None) -> dict:
     a = parse_args(argv)
     t0 = time.time()
-    try:
-        metrics = [s.strip() for s in a.metrics.split(',') if s.strip()] if a.metrics else None
-        if a.batch_size <= 0: raise MetricsError(f"--batch-size must be a positive integer, got {a.batch_size}")
-        if a.device.startswith('cuda') and not torch.cuda.is_available():
-            raise MetricsError(f"--device {a.device} but no CUDA GPU is visible: pass --device cpu")
-        if a.feature_extractor not in ('auto', DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR):
-            raise MetricsError(f"unknown --feature-extractor {a.feature_extractor!r}: use auto, {DIGITS_EXTRACTOR} or {INCEPTION_EXTRACTOR}")
-        samples, labels = load_samples(a.samples)
-        ref = load_reference(a.ref)
-        extractor = DIGITS_EXTRACTOR if a.feature_extractor == 'auto' and a.ref == 'digits' else a.feature_extractor
-        m = evaluate(samples, ref, labels, metrics, extractor, a.device, a.fid_weights, a.batch_size)
-    except MetricsError as e:
-        print(f'sddit.evaluate: error: {e}', file=sys.stderr)
-        raise SystemExit(2)
+    metrics = [s.strip() for s in a.metrics.split(',') if s.strip()] if a.metrics else None
+    if a.batch_size <= 0: raise MetricsError(f"--batch-size must be a positive integer, got {a.batch_size}")
+    pick_device(a.device)                                               # a GPU that is not there: one line
+    if a.feature_extractor not in ('auto', DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR):
+        raise MetricsError(f"unknown --feature-extractor {a.feature_extractor!r}: use auto, {DIGITS_EXTRACTOR} or "
+                           f"{INCEPTION_EXTRACTOR}")
+    samples, labels = load_samples(a.samples)
+    ref = load_reference(a.ref)
+    extractor = DIGITS_EXTRACTOR if a.feature_extractor == 'auto' and a.ref == 'digits' else a.feature_extractor
+    m = evaluate(samples, ref, labels, metrics, extractor, a.device, a.fid_weights, a.batch_size)
     out = Path(a.out) if a.out else default_out(a.samples)
     print(f'{a.samples} against {a.ref}:')
     print(format_table(m))
@@ -123,6 +119,10 @@ def main(argv=None):
     out.write_text(json.dumps(record, indent=1) + '\n')
     print(f'metrics → {out}')
     return record
+
+def main(argv=None):
+    "Entry point of `python -m sddit.evaluate`: exit code 2 with one line on bad input."
+    return cli('sddit.evaluate', run_evaluate, argv)
 
 # %% ../nbs/08a_evaluate.ipynb #53e8f6d7
 #| eval: false

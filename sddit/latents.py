@@ -13,10 +13,12 @@ from tqdm import tqdm
 
 from .data import (find_images, load_image, hflip, save_shard, read_shard_meta, latent_manifest,
                         save_json_atomic)
+from .runtime import SdditError, Procs, cli
 
 # %% auto #0
 __all__ = ['SCALE', 'SD_VAE_FT_EMA_CONFIG', 'STORES', 'DTYPES', 'LatentsError', 'random_vae', 'load_vae', 'encode_pairs',
-           'shard_name', 'EncodingPlan', 'encode_shards', 'write_manifest', 'encode_folder', 'parse_args', 'main']
+           'shard_name', 'EncodingPlan', 'encode_shards', 'write_manifest', 'encode_folder', 'parse_args',
+           'run_latents', 'main']
 
 # %% ../nbs/10_latents.ipynb #655317c4
 SCALE = 0.18215   # LDM's scale factor of the SD VAE latents
@@ -26,7 +28,7 @@ SD_VAE_FT_EMA_CONFIG = dict(  # config.json of stabilityai/sd-vae-ft-ema (diffus
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
     down_block_types=['DownEncoderBlock2D'] * 4, up_block_types=['UpDecoderBlock2D'] * 4)
 
-class LatentsError(ValueError):
+class LatentsError(SdditError):
     "A bad setting or input of the latent encoder: the command line prints it as one line and exits with code 2."
 
 def random_vae(config: dict | None = None, seed: int = 0):
@@ -145,7 +147,7 @@ def _collate(items):
 def encode_shards(plan: EncodingPlan, vae, *, rank: int = 0, world_size: int = 1, batch_size: int = 32,
                   device='cpu', workers: int = 0, progress: bool = True, on_shard=None) -> list[int]:
     "Encode the unfinished shards of this rank (k ≡ rank mod world_size); returns the shard indices it wrote."
-    if not (isinstance(batch_size, int) and batch_size > 0): raise LatentsError(f'--batch-size must be a positive integer, got {batch_size}')
+    if not (isinstance(batch_size, int) and batch_size > 0): raise LatentsError(f'--per-proc-batch-size must be a positive integer, got {batch_size}')
     mine = plan.shards_of(rank, world_size)
     todo = [k for k in mine if not plan.is_done(k)]
     if progress and len(todo) < len(mine):
@@ -233,7 +235,8 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True, help='latent folder (an unfinished one is resumed)')
     p.add_argument('--vae', help='Hugging Face id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder')
     p.add_argument('--vae-config', help="random weights for tests and benchmarks: 'sd-vae-ft-ema' or an AutoencoderKL config.json")
-    p.add_argument('--batch-size', type=int, default=32, help='images per VAE call (each also mirrored); default 32')
+    p.add_argument('--per-proc-batch-size', '--batch-size', dest='batch_size', type=int, default=32,
+                   help='images per VAE call and process (each also mirrored); default 32')
     p.add_argument('--shard-size', type=int, default=10_000, help='images per shard; default 10000')
     p.add_argument('--store', default='mean_std', help="mean_std (default: s·μ and s·σ) or sample (one draw s·(μ + σε))")
     p.add_argument('--dtype', default='float32', help='storage dtype: float32 (default), float16 or bfloat16')
@@ -255,21 +258,12 @@ def _vae_from_args(a):
     except Exception as e: raise LatentsError(f'--vae-config {a.vae_config}: not an AutoencoderKL config: {e}') from None
     return vae, f'random:{Path(a.vae_config).name}:seed={a.seed}'
 
-def main(argv=None):
-    "Entry point of `python -m sddit.latents` (also under torchrun): exit code 2 with one line on a bad setting."
+def run_latents(argv=None):
     a = parse_args(argv)
-    world_size, rank = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    if world_size > 1:
-        import torch.distributed as dist
-        dist.init_process_group('gloo', timeout=timedelta(hours=48))        # only a barrier: ranks finish at different times
+    if a.workers < 0: raise LatentsError(f'--workers must be ≥ 0, got {a.workers}')
+    procs = Procs.start(a.device, backend='gloo', timeout=timedelta(hours=48))   # only a barrier: ranks end apart
+    rank, world_size, device = procs.rank, procs.world, str(procs.device)
     try:
-        device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        if device == 'cuda' and world_size > 1: device = f'cuda:{local_rank}'
-        if device.startswith('cuda'):
-            if not torch.cuda.is_available(): raise LatentsError(f'--device {device}: no CUDA GPU here; use --device cpu')
-            if ':' in device: torch.cuda.set_device(torch.device(device))
-        if a.workers < 0: raise LatentsError(f'--workers must be ≥ 0, got {a.workers}')
         plan = EncodingPlan(a.images, a.out, '', shard_size=a.shard_size, image_size=a.image_size,
                             store=a.store, dtype=a.dtype, seed=a.seed)   # bad folders fail before the VAE loads
         vae, plan.vae_name = _vae_from_args(a)
@@ -279,16 +273,16 @@ def main(argv=None):
             if kill_after and len(done) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
         encode_shards(plan, vae, rank=rank, world_size=world_size, batch_size=a.batch_size, device=device,
                       workers=a.workers, progress=rank == 0, on_shard=on_shard)
-        if world_size > 1: dist.barrier()
+        procs.barrier()
         if rank == 0:
             m = write_manifest(plan, dict(vae.config))
-            print(f"{m['num_latents']} of {m['num_images']} images encoded ({m['num_failures']} unreadable, listed in the "
-                  f"manifest) into {len(m['shards'])} shards: {plan.out / 'manifest.json'}")
-    except LatentsError as e:
-        print(f'sddit.latents: error: {e}', file=sys.stderr)
-        raise SystemExit(2)
-    finally:
-        if world_size > 1 and dist.is_initialized(): dist.destroy_process_group()
+            print(f"{m['num_latents']} of {m['num_images']} images encoded ({m['num_failures']} unreadable, listed in "
+                  f"the manifest) into {len(m['shards'])} shards: {plan.out / 'manifest.json'}")
+    finally: procs.close()
+
+def main(argv=None):
+    "Entry point of `python -m sddit.latents` (also under torchrun): exit code 2 with one line on a bad setting."
+    return cli('sddit.latents', run_latents, argv)
 
 # %% ../nbs/10_latents.ipynb #0475282c
 #| eval: false

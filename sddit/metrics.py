@@ -20,6 +20,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from .data import load_digits_tensors
+from .runtime import SdditError, atomic_write
 
 # %% auto #0
 __all__ = ['DIGITS_EXTRACTOR', 'INCEPTION_EXTRACTOR', 'METRICS', 'MetricsError', 'to_uint8', 'as_uint8_images', 'UInt8Images',
@@ -29,7 +30,7 @@ __all__ = ['DIGITS_EXTRACTOR', 'INCEPTION_EXTRACTOR', 'METRICS', 'MetricsError',
            'digits_fid_floor', 'evaluate_digits']
 
 # %% ../nbs/08_metrics.ipynb #8aa1620e
-class MetricsError(ValueError):
+class MetricsError(SdditError):
     "A bad input or a missing file for a metric: the message names the value and the fix (CLIs print it as one line, exit 2)."
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ def digits_classifier(path=None, cfg: ClassifierConfig = ClassifierConfig(), ret
         st = dict(config=asdict(cfg), state_dict=net.state_dict(), held_out_acc=acc)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp'); torch.save(st, tmp); os.replace(tmp, path)
+            atomic_write(path, lambda tmp: torch.save(st, tmp), fsync=False)
         except OSError: pass                                              # a read-only home: keep it in memory
     c = st['config']
     net = DigitsClassifier(c['width'], c['feat_dim'])

@@ -12,15 +12,17 @@ import torch
 import torch.distributed as dist
 
 from .sampler import heun_sample, guided_denoiser
+from .runtime import SdditError, Procs, cli
 
 # %% auto #0
 __all__ = ['LATENT_SCALE', 'DEFAULT_VAE', 'SampleError', 'sample_labels', 'sample_noise', 'decode_latents', 'sample_batch',
-           'to_uint8_hwc', 'image_shape', 'sample_images', 'save_npz', 'save_grid', 'load_vae', 'parse_args', 'main']
+           'to_uint8_hwc', 'image_shape', 'sample_images', 'save_npz', 'save_grid', 'parse_args', 'write', 'run_sample',
+           'main']
 
 # %% ../nbs/07a_sample.ipynb #2963b363
 LATENT_SCALE = 0.18215   # LDM's scale factor of SD VAE latents (DESIGN: z = 0.18215 · sample)
 
-class SampleError(ValueError):
+class SampleError(SdditError):
     "A bad setting of the sampler: the command line prints it as one line and exits with code 2."
 
 def sample_labels(n: int, num_classes: int, class_labels=None) -> torch.Tensor | None:
@@ -76,7 +78,7 @@ def sample_images(model, n: int, steps: int = 40, cfg_scale: float = 1.0, seed: 
     "`n` samples as (uint8 N×H×W×C array, labels array or None); under `torchrun` rank 0 gets them all, other ranks (None, None)."
     from tqdm.auto import tqdm
     if n < 1: raise SampleError(f"--n must be a positive integer, got {n}")
-    if batch_size < 1: raise SampleError(f"--batch-size must be a positive integer, got {batch_size}")
+    if batch_size < 1: raise SampleError(f"--per-proc-batch-size must be a positive integer, got {batch_size}")
     rank, world = _world()
     labels = sample_labels(n, model.net.cfg.num_classes, class_labels)
     n_batches = math.ceil(n / batch_size)
@@ -132,24 +134,22 @@ def save_grid(path, images: np.ndarray, ncols: int = 10, max_images: int = 100, 
     return grid
 
 # %% ../nbs/07a_sample.ipynb #037fb990
-DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'
-
-def load_vae(name: str, device='cpu'):
-    "The VAE of a latent checkpoint on `device`: `sddit.latents.load_vae` (a local folder or a cached id), `SampleError` otherwise."
-    from sddit.latents import load_vae as _load_vae, LatentsError
-    try: return _load_vae(name).to(device)
-    except LatentsError as e: raise SampleError(str(e)) from None
+DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'      # the VAE of the paper's latents (python -m sddit.latents --vae)
 
 # %% ../nbs/07a_sample.ipynb #1b134e26
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog='python -m sddit.sample', description='Sample from a checkpoint (EMA weights) into an ADM-format .npz and a grid.')
+    p = argparse.ArgumentParser(prog='python -m sddit.sample',
+                                description='Sample from a checkpoint (EMA weights) into an ADM-format .npz and a grid.')
     p.add_argument('--ckpt', required=True, help='run folder or ckpt.pt written by sddit.train')
     p.add_argument('--n', '--num-samples', dest='n', type=int, default=100,
                    help='number of samples (default 100); under torchrun spell it --num-samples')
-    p.add_argument('--cfg', type=float, default=1.0, help='classifier-free guidance scale (1 = none; default 1)')
-    p.add_argument('--steps', type=int, default=40, help='Heun steps N (NFE = 2N − 1; default 40)')
+    p.add_argument('--cfg-scale', '--cfg', dest='cfg_scale', type=float, default=1.0,
+                   help='classifier-free guidance scale (1 = none; default 1)')
+    p.add_argument('--sample-steps', '--steps', dest='sample_steps', type=int, default=40,
+                   help='Heun steps N (NFE = 2N − 1; default 40)')
     p.add_argument('--out', required=True, help='X.npz (images + labels, and a grid X.png) or X.png (grid only)')
-    p.add_argument('--batch-size', type=int, default=64, help='samples per batch and GPU (default 64)')
+    p.add_argument('--per-proc-batch-size', '--batch-size', dest='per_proc_batch_size', type=int, default=64,
+                   help='samples per batch and process (default 64)')
     p.add_argument('--seed', type=int, default=0, help='sample i starts from noise seeded by (seed, i)')
     p.add_argument('--class-labels', help='comma-separated classes to cycle through (default: all)')
     p.add_argument('--which', default='ema', choices=['ema', 'model'], help='weights to sample from (default ema)')
@@ -159,7 +159,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 def _check(a):
-    for k in ('n', 'steps', 'batch_size'):
+    for k in ('n', 'sample_steps', 'per_proc_batch_size'):
         if getattr(a, k) <= 0: raise SampleError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(a, k)}")
     if a.grid < 0: raise SampleError(f"--grid must be ≥ 0, got {a.grid}")
     out = Path(a.out)
@@ -171,40 +171,47 @@ def _check(a):
     except ValueError: raise SampleError(f"--class-labels {a.class_labels!r}: give comma-separated integers, e.g. 3,7") from None
     return out, labels
 
+def _load(a, device):
+    "The model (and, for a latent model, its VAE) to sample from."
+    from sddit.checkpoint import load_model
+    from sddit.latents import load_vae
+    try: model = load_model(a.ckpt, which=a.which, device=device)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise SampleError(f"--ckpt {a.ckpt}: cannot load it ({type(e).__name__}: {why})") from None
+    if model.net.cfg.in_channels == 4: return model, load_vae(a.vae or DEFAULT_VAE).to(device)
+    if a.vae: raise SampleError(f"--vae given, but {a.ckpt} is a pixel-space model ({model.net.cfg.in_channels} channels)")
+    return model, None
+
+def write(out: Path, images, labels, ncols: int, grid: int):
+    "The samples as `.npz` (and a grid beside it), or only a grid; says where."
+    if out.suffix == '.npz':
+        save_npz(out, images, labels)
+        print(f'{len(images)} samples → {out}')
+        if grid:
+            save_grid(out.with_suffix('.png'), images, ncols, grid)
+            print(f'grid → {out.with_suffix(".png")}')
+    else:
+        save_grid(out, images, ncols, grid or len(images))
+        print(f'grid → {out}')
+
+def run_sample(argv=None):
+    a = parse_args(argv)
+    out, class_labels = _check(a)
+    procs = Procs.start(a.device)
+    try:
+        model, vae = _load(a, procs.device)
+        sample_labels(1, model.net.cfg.num_classes, class_labels)                 # check the labels now
+        images, labels = sample_images(model, a.n, a.sample_steps, a.cfg_scale, a.seed, a.per_proc_batch_size,
+                                       class_labels, vae)
+    finally: procs.close()
+    if images is None: return                                                    # not rank 0
+    ncls = model.net.cfg.num_classes
+    write(out, images, labels, ncls if 0 < ncls <= 20 and not class_labels else 10, a.grid)
+
 def main(argv=None):
     "Entry point of `python -m sddit.sample` (also under `torchrun`): exit code 2 with one line on bad input."
-    from sddit.checkpoint import load_model
-    a = parse_args(argv)
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    try:
-        out, class_labels = _check(a)
-        if a.device is None:
-            a.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else 'cpu'
-        if a.device.startswith('cuda') and not torch.cuda.is_available():
-            raise SampleError(f"--device {a.device} but no CUDA GPU is visible: pass --device cpu")
-        if world > 1 and not dist.is_initialized():
-            if a.device.startswith('cuda'): torch.cuda.set_device(torch.device(a.device))
-            dist.init_process_group('nccl' if a.device.startswith('cuda') else 'gloo')
-        try: model = load_model(a.ckpt, which=a.which, device=a.device)
-        except Exception as e:
-            raise SampleError(f"--ckpt {a.ckpt}: cannot load it ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-        sample_labels(1, model.net.cfg.num_classes, class_labels)                       # check the labels now
-        vae = None
-        if model.net.cfg.in_channels == 4: vae = load_vae(a.vae or DEFAULT_VAE, a.device)
-        elif a.vae: raise SampleError(f"--vae given, but {a.ckpt} is a pixel-space model ({model.net.cfg.in_channels} channels)")
-        images, labels = sample_images(model, a.n, a.steps, a.cfg, a.seed, a.batch_size, class_labels, vae)
-    except SampleError as e:
-        print(f'sddit.sample: error: {e}', file=sys.stderr)
-        raise SystemExit(2)
-    finally:
-        if world > 1 and dist.is_initialized(): dist.destroy_process_group()
-    if images is None: return                                                    # not rank 0
-    ncols = model.net.cfg.num_classes if 0 < model.net.cfg.num_classes <= 20 and not class_labels else 10
-    if out.suffix == '.npz':
-        save_npz(out, images, labels); print(f'{len(images)} samples → {out}')
-        if a.grid: save_grid(out.with_suffix('.png'), images, ncols, a.grid); print(f'grid → {out.with_suffix(".png")}')
-    else:
-        save_grid(out, images, ncols, a.grid or len(images)); print(f'grid → {out}')
+    return cli('sddit.sample', run_sample, argv)
 
 # %% ../nbs/07a_sample.ipynb #434347ad
 #| eval: false

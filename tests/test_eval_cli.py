@@ -7,26 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
-
-
-def run(module, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)
+from conftest import ENV, run_module as run, assert_one_line_error as one_line_exit_2
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp('eval') / 'run'
-    r = run('sddit.train', '--steps', 6, '--batch-size', 16, '--sample-steps', 2, '--out', out)
-    assert r.returncode == 0, r.stderr
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope='module')
 def samples(run_dir):
     out = run_dir.parent / 'samples' / 'digits.npz'
-    r = run('sddit.sample', '--ckpt', run_dir, '--n', 30, '--cfg', 2, '--steps', 2, '--batch-size', 8, '--out', out)
+    r = run('sddit.sample', '--ckpt', run_dir, '--n', 30, '--cfg-scale', 2, '--sample-steps', 2, '--per-proc-batch-size', 8,
+            '--out', out)
     assert r.returncode == 0, r.stderr
     assert str(out) in r.stdout and str(out.with_suffix('.png')) in r.stdout
     return out
@@ -43,20 +36,23 @@ def test_sample_writes_adm_npz_and_grid(samples):
 
 def test_sample_is_a_function_of_seed_not_of_batch_size(run_dir, samples, tmp_path):
     out = tmp_path / 'b.npz'
-    r = run('sddit.sample', '--ckpt', run_dir / 'ckpt.pt', '--n', 12, '--cfg', 2, '--steps', 2, '--batch-size', 5, '--out', out)
+    r = run('sddit.sample', '--ckpt', run_dir / 'ckpt.pt', '--n', 12, '--cfg', 2, '--steps', 2, '--batch-size', 5,
+            '--out', out)                                                  # the older spellings still work
     assert r.returncode == 0, r.stderr
     a, b = np.load(samples)['arr_0'][:12].astype(int), np.load(out)['arr_0'].astype(int)
     assert np.abs(a - b).max() <= 1                                        # float rounding at most
-    r = run('sddit.sample', '--ckpt', run_dir, '--n', 12, '--cfg', 2, '--steps', 2, '--seed', 1, '--out', tmp_path / 'c.npz')
+    r = run('sddit.sample', '--ckpt', run_dir, '--n', 12, '--cfg-scale', 2, '--sample-steps', 2, '--seed', 1,
+            '--out', tmp_path / 'c.npz')
     assert r.returncode == 0 and not np.array_equal(np.load(tmp_path / 'c.npz')['arr_0'], np.load(out)['arr_0'])
 
 
 def test_sample_grid_only_and_class_labels(run_dir, tmp_path):
     out = tmp_path / 'g.png'
-    r = run('sddit.sample', '--ckpt', run_dir, '--n', 6, '--steps', 2, '--class-labels', '3,7', '--out', out)
+    r = run('sddit.sample', '--ckpt', run_dir, '--n', 6, '--sample-steps', 2, '--class-labels', '3,7', '--out', out)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and not list(tmp_path.glob('*.npz'))
-    r = run('sddit.sample', '--ckpt', run_dir, '--n', 4, '--steps', 2, '--class-labels', '3,7', '--out', tmp_path / 'l.npz')
+    r = run('sddit.sample', '--ckpt', run_dir, '--n', 4, '--sample-steps', 2, '--class-labels', '3,7',
+            '--out', tmp_path / 'l.npz')
     assert np.load(tmp_path / 'l.npz')['arr_1'].tolist() == [3, 7, 3, 7]
 
 
@@ -100,28 +96,22 @@ def test_evaluate_folder_of_images_against_stats_npz(samples, tmp_path):
     assert abs(m['fid'] - full['fid']) < 1e-6 * full['fid']                 # the same FID as against the images
 
 
-def one_line_exit_2(r, message):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
-
-
 @pytest.mark.parametrize('args, message', [
     (['--ckpt', '{tmp}/missing', '--n', '4'], 'no checkpoint'),
     (['--n', '0'], '--n must be a positive integer, got 0'),
     (['--n', '-3'], '--n must be a positive integer, got -3'),
-    (['--steps', '0'], '--steps must be a positive integer, got 0'),
-    (['--batch-size', '0'], '--batch-size must be a positive integer, got 0'),
+    (['--sample-steps', '0'], '--sample-steps must be a positive integer, got 0'),
+    (['--per-proc-batch-size', '0'], '--per-proc-batch-size must be a positive integer, got 0'),
     (['--out', '{tmp}/x.jpg'], 'end it in .npz'),
     (['--class-labels', '12'], '--class-labels 12 is not a class'),
     (['--class-labels', 'a,b'], 'comma-separated integers'),
     (['--vae', '{tmp}/vae'], 'pixel-space model'),
 ])
 def test_sample_bad_input(run_dir, tmp_path, args, message):
-    base = {'--ckpt': str(run_dir), '--n': '4', '--steps': '1', '--out': str(tmp_path / 'o.npz')}
+    base = {'--ckpt': str(run_dir), '--n': '4', '--sample-steps': '1', '--out': str(tmp_path / 'o.npz')}
     for k, v in zip(args[::2], args[1::2]): base[k] = v.format(tmp=tmp_path)
     r = run('sddit.sample', *[x for kv in base.items() for x in kv])
-    one_line_exit_2(r, message)
+    one_line_exit_2(r, message, prog='sddit.sample')
     assert not list(tmp_path.glob('o.*'))
 
 
@@ -174,7 +164,8 @@ def test_latent_checkpoint_is_decoded_by_the_vae(tmp_path):
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 8], layers_per_block=1,
                   norm_num_groups=4, down_block_types=['DownEncoderBlock2D'] * 2,
                   up_block_types=['UpDecoderBlock2D'] * 2).save_pretrained(tmp_path / 'vae')
-    r = run('sddit.sample', '--ckpt', tmp_path, '--n', 3, '--steps', 2, '--vae', tmp_path / 'vae', '--out', tmp_path / 's.npz')
+    r = run('sddit.sample', '--ckpt', tmp_path, '--n', 3, '--sample-steps', 2, '--vae', tmp_path / 'vae',
+            '--out', tmp_path / 's.npz')
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / 's.npz')['arr_0'].shape == (3, 8, 8, 3)       # 4×4 latents → 8×8 RGB
     one_line_exit_2(run('sddit.sample', '--ckpt', tmp_path, '--n', 3, '--vae', tmp_path / 'novae', '--out', tmp_path / 't.npz'),
@@ -185,8 +176,8 @@ def test_latent_checkpoint_is_decoded_by_the_vae(tmp_path):
 def test_torchrun_two_processes_give_the_single_process_samples(run_dir, samples, tmp_path):
     out = tmp_path / 'ddp.npz'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                        '-m', 'sddit.sample', '--ckpt', str(run_dir), '--num-samples', '30', '--cfg', '2', '--steps', '2',
-                        '--batch-size', '8', '--device', 'cpu', '--out', str(out)],
+                        '-m', 'sddit.sample', '--ckpt', str(run_dir), '--num-samples', '30', '--cfg-scale', '2',
+                        '--sample-steps', '2', '--per-proc-batch-size', '8', '--device', 'cpu', '--out', str(out)],
                        capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     a, b = np.load(samples), np.load(out)

@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from sddit.data import LatentShards, hflip, load_image
 from sddit.latents import SCALE, SD_VAE_FT_EMA_CONFIG, main, random_vae
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+from conftest import run_module
+
+ENV = {'OMP_NUM_THREADS': '1'}
 TINY = dict(SD_VAE_FT_EMA_CONFIG, block_out_channels=[8, 16, 16, 16], norm_num_groups=8, layers_per_block=1)
 
 
 def run(*args, env=None, timeout=300, module='sddit.latents'):
-    return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, timeout=timeout)
+    return run_module(module, *args, env={**ENV, **(env or {})}, timeout=timeout)
 
 
 def picture(w, h, seed):
@@ -186,7 +187,7 @@ def test_a_hub_id_that_cannot_be_downloaded_is_one_clear_line(tree, tmp_path):
     ('no-images', 'no images'),
     ('out-is-file', 'is a file'),
     ('shard-size', '--shard-size must be a positive integer, got 0'),
-    ('batch-size', '--batch-size must be a positive integer, got -1'),
+    ('batch-size', '--per-proc-batch-size must be a positive integer, got -1'),
     ('store', "--store must be one of mean_std, sample, got 'both'"),
     ('vae-path', 'no such folder'),
     ('vae-folder', 'expected a diffusers AutoencoderKL folder'),

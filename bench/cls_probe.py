@@ -12,52 +12,32 @@ entropy per image equals the entropy of the batch mean, every image gets the sam
 * `sharp`  — a much sharper teacher, τ_T = 0.01 throughout (instead of 0.04 → 0.07);
 * `clean`  — the student's σ capped at 0.2, so it always sees the digit clearly (this changes L_G too).
 
-Everything but `paper` is a change made here by patching, for this probe only; the package trains `paper`.
+Every variant is a setting of the trainer (`sddit.experiments.PROBES`), recorded in its run's config.json like any
+other; the package's default trains `paper`.
 
     python bench/cls_probe.py [--steps 300] [--freeze 100] [--seed 0] [--variants paper pool ...]
 """
 import argparse, tempfile
 from pathlib import Path
 
-import torch
+from sddit.config import TrainConfig
+from sddit.train import train
+from sddit.experiments import PROBES, load_results
 
-import sddit.dit as dit
-import sddit.dino as dino
-import sddit.losses as losses
-import sddit.train as T
-from sddit.experiments import load_results
-
-_paper_init, _paper_step = dit.DiTEncoder.__init__, T.train_step
-_paper_temp, _paper_sigma = dino.teacher_temp, losses.sample_sigma
 VARIANTS = ('paper', 'pool', 'freeze', 'sharp', 'clean')
 
-def pooled_cls(first_block, args):
-    "A pre-hook on the encoder's first block: [CLS] += the mean of the visible patch embeddings that follow it."
-    h, c = args
-    return torch.cat([h[:, :1] + h[:, 1:].mean(1, keepdim=True), h[:, 1:]], 1), c
 
-def pooled_init(self, cfg):
-    _paper_init(self, cfg)
-    self.blocks[0].register_forward_pre_hook(pooled_cls)          # deep copies (the teacher) keep the hook
+def settings(variant: str, n_freeze: int) -> dict:
+    if variant == 'paper': return {}
+    if variant == 'freeze': return dict(freeze_last_layer=n_freeze)
+    return PROBES[f'cls-{variant}']
 
-def freezing_step(n_freeze):
-    def step_fn(p, x, y, step, *a, **k):
-        p.head.last_layer.parametrizations.weight.original1.requires_grad_(step >= n_freeze)
-        return _paper_step(p, x, y, step, *a, **k)
-    return step_fn
 
 def run(variant, steps, seed, n_freeze, out):
-    dit.DiTEncoder.__init__ = pooled_init if variant == 'pool' else _paper_init
-    T.train_step = freezing_step(n_freeze) if variant == 'freeze' else _paper_step
-    dino.teacher_temp = (lambda *a, **k: 0.01) if variant == 'sharp' else _paper_temp
-    losses.sample_sigma = (lambda *a, **k: _paper_sigma(*a, **k).clamp(max=0.2)) if variant == 'clean' else _paper_sigma
-    try:
-        T.train(T.TrainConfig(preset='digits', steps=steps, seed=seed, out=str(out), sample_every=0, ckpt_every=steps,
-                              eval_every=0, log_every=25), quiet=True)
-    finally:
-        dit.DiTEncoder.__init__, T.train_step = _paper_init, _paper_step
-        dino.teacher_temp, losses.sample_sigma = _paper_temp, _paper_sigma
+    train(TrainConfig(preset='digits', steps=steps, seed=seed, out=str(out), sample_every=0, ckpt_every=steps,
+                      eval_every=0, log_every=25, **settings(variant, n_freeze)), quiet=True)
     return load_results(out / 'metrics.jsonl')
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])

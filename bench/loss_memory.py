@@ -2,7 +2,7 @@
 
 Each configuration runs in a fresh process; we report the growth of the peak resident set size during the step
 over the resident size just before it (parameters, teacher and inputs already allocated), for the chunked L_D of
-`sddit.dino` and for the plain one that materialises every K-wide logit tensor (`sddit.dino.distill_ce`).
+`sddit.dino` and for the plain one that materialises every K-wide logit tensor (the setting `distill_chunk=0`).
 
     python bench/loss_memory.py                  # digits preset (bs 128) and XL/2 (bs 8, random latents, K = 8192)
     python bench/loss_memory.py --only digits
@@ -11,37 +11,24 @@ import argparse, json, resource, subprocess, sys
 
 
 def one(preset: str, batch: int, loss: str) -> dict:
+    "Peak memory growth of one SD-DiT training step of `preset` (a digits or ImageNet preset) with the `loss` L_D."
+    import os
     import torch
-    import sddit.dino as dino_mod
-    from sddit.dit import SDDiT, model_config
-    from sddit.edm import EDMPrecond
-    from sddit.dino import DINOHead, DINOLoss, distill_ce, entropy
-    from sddit.teacher import Teacher
-    from sddit.losses import LossConfig, training_losses
-    torch.manual_seed(0)
-    if loss == 'plain':   # the reference: full logits for every token, kept by autograd
-        def plain(z_s, w_s, z_t, w_t, center, tau_s, tau_t, chunk=0):
-            s, t = z_s @ w_s.T, z_t @ w_t.T
-            p_t = ((t.float() - center) / tau_t).softmax(-1)
-            return distill_ce(s, t, center, tau_s, tau_t), p_t.mean(0), entropy(p_t).mean()
-        dino_mod.chunked_distill_ce = plain
-    if preset == 'digits':
-        cfg, K, hid, bott = model_config('digits'), 1024, 256, 64
-        x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 10, (batch,))
-    else:
-        cfg, K, hid, bott = model_config(preset), 8192, 2048, 256
-        x, y = torch.randn(batch, 4, 32, 32) * 0.5, torch.randint(0, 1000, (batch,))
-    model = EDMPrecond(SDDiT(cfg))
-    head = DINOHead(cfg.hidden_size, K, hid, bott)
-    teacher, dino = Teacher(model.net.encoder, head), DINOLoss(K)
-    for p in list(model.parameters()) + list(head.parameters()): p.grad = torch.zeros_like(p) if p.requires_grad else None
-    lc = LossConfig(num_classes=cfg.num_classes)
+    from sddit.bench import bench_config
+    from sddit.train import build_parts
+    tc, ncfg, lcfg = bench_config(preset=preset, batch_size=batch, distill_chunk=0 if loss == 'plain' else 4096)
+    p = build_parts(tc, ncfg, lcfg, 'cpu')
+    K = tc.recipe.head_out_dim
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 * torch.randn(batch, ncfg.in_channels, ncfg.input_size, ncfg.input_size, generator=g)
+    y = torch.randint(0, ncfg.num_classes, (batch,), generator=g)
+    for q in p.student.parameters(): q.grad = torch.zeros_like(q) if q.requires_grad else None
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    import os; rss_now = int(open(f'/proc/{os.getpid()}/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
-    out = training_losses(model, x, y, lc, head, teacher, dino)
+    rss_now = int(open(f'/proc/{os.getpid()}/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+    out = p.student(x, y, 0)
     out['loss'].backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tokens = batch * (int(cfg.num_patches * 0.8) + 1)
+    tokens = batch * (int(ncfg.num_patches * (1 - lcfg.mask_ratio)) + 1)
     return dict(preset=preset, batch=batch, loss=loss, K=K, visible_tokens=tokens,
                 one_logit_copy_MiB=round(tokens * K * 4 / 2**20, 1),
                 step_peak_growth_MiB=round((peak - max(before, rss_now)) / 1024, 1), peak_rss_MiB=round(peak / 1024, 1),
@@ -55,7 +42,7 @@ def main():
     a = ap.parse_args()
     if a.child:
         print(json.dumps(one(a.child[0], int(a.child[1]), a.child[2]))); return
-    runs = [('digits', 128), ('DiT-XL/2', 8)]
+    runs = [('digits', 128), ('imagenet256-xl', 8)]
     if a.only: runs = [r for r in runs if (r[0] == 'digits') == (a.only == 'digits')]
     rows = []
     for preset, batch in runs:

@@ -4,17 +4,18 @@
 
 # %% ../nbs/09a_checkpoints.ipynb #c2d74a15
 from __future__ import annotations
-import os, re, shutil, sys
+import os, re, shutil, sys, time
 from pathlib import Path
 
 import torch
 
 from .edm import EDMPrecond
 from .dit import SDDiT, DiTConfig
+from .runtime import atomic_write, fsync_dir
 
 # %% auto #0
 __all__ = ['CKPT', 'history_name', 'save_checkpoint', 'load_checkpoint', 'checkpoint_files', 'write_checkpoint',
-           'remove_partial_checkpoints', 'latest_checkpoint', 'load_model']
+           'remove_partial_checkpoints', 'latest_checkpoint', 'set_aside', 'load_model']
 
 # %% ../nbs/09a_checkpoints.ipynb #d71fc558
 CKPT = 'ckpt.pt'
@@ -22,23 +23,9 @@ _HISTORY = re.compile(r'^ckpt-(\d+)\.pt$')
 
 def history_name(step: int) -> str: return f'ckpt-{step:07d}.pt'
 
-def _fsync_dir(path: Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass                                                # not every filesystem lets a folder be synced
-
 def save_checkpoint(path: Path, **state):
-    "Atomically write `state` to `path`: a temporary file, flushed to disk, renamed into place."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
+    "Atomically write `state` to `path` (`atomic_write`: a temporary file, flushed to disk, renamed into place)."
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 def load_checkpoint(path: Path, device='cpu', mmap: bool = True) -> dict:
     "Load a checkpoint written by `save_checkpoint`, safely (`weights_only=True`), memory-mapped unless `mmap=False`."
@@ -59,7 +46,8 @@ def write_checkpoint(out: Path, step: int, state: dict, keep: int = 3, protect: 
     if tmp.exists(): tmp.unlink()
     try: os.link(hist, tmp)
     except OSError: shutil.copyfile(hist, tmp)
-    os.replace(tmp, out / CKPT); _fsync_dir(out)
+    os.replace(tmp, out / CKPT)
+    fsync_dir(out)
     for old in checkpoint_files(out)[keep:]:
         if old != protect and old != hist: old.unlink()
     return hist
@@ -72,30 +60,45 @@ def remove_partial_checkpoints(out: Path) -> list[str]:
             (out / f).unlink(missing_ok=True); gone.append(f)
     return gone
 
-def latest_checkpoint(out: Path, device='cpu', warn=print) -> tuple[Path | None, dict | None]:
-    "The newest checkpoint in run folder `out` that loads (history files first, then `ckpt.pt`); damaged ones are named and skipped."
+def _why(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ''
+    return f'{type(e).__name__}: {first}'
+
+def latest_checkpoint(out: Path, device='cpu', warn=print, skipped: list | None = None) -> tuple[Path | None, dict | None]:
+    "The newest checkpoint in run folder `out` that loads (history first, then `ckpt.pt`); damaged ones are named, skipped and listed in `skipped`."
     out = Path(out)
     candidates = checkpoint_files(out) + ([out / CKPT] if (out / CKPT).is_file() else [])
     for path in candidates:
         try:
             st = load_checkpoint(path, device)
-            if not isinstance(st, dict) or not {'model', 'step', 'config'} <= set(st): raise ValueError('not a training checkpoint')
+            if not isinstance(st, dict) or not {'model', 'step', 'config'} <= set(st):
+                raise ValueError('not a training checkpoint')
             m = _HISTORY.match(path.name)
             if m and int(m.group(1)) != st['step']: raise ValueError(f"it holds step {st['step']}")
             return path, st
         except Exception as e:
-            if warn: warn(f'skipping damaged checkpoint {path} ({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ""})')
+            if warn: warn(f'skipping damaged checkpoint {path} ({_why(e)})')
+            if skipped is not None: skipped.append(path)
     return None, None
+
+def set_aside(path: Path) -> Path:
+    "Rename a checkpoint that cannot be read to `<name>.unreadable-<time>`, so that no later write replaces it."
+    path = Path(path)
+    new = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, new)
+    return new
 
 # %% ../nbs/09a_checkpoints.ipynb #7952edce
 def load_model(path, which: str = 'ema', device='cpu') -> EDMPrecond:
-    "The `EDMPrecond` model of a run folder (its newest intact checkpoint) or a checkpoint file (`which`: 'ema' or 'model'), in eval mode."
+    "The `EDMPrecond` model of a run folder (its newest intact checkpoint) or a checkpoint file, in eval mode."
     path = Path(path)
     if path.is_dir():
         found, st = latest_checkpoint(path, warn=lambda m: print(m, file=sys.stderr))
-        if found is None: raise FileNotFoundError(f"no checkpoint in {path}: pass a run folder or a ckpt.pt written by sddit.train")
-    elif not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}: pass a run folder or a ckpt.pt written by sddit.train")
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {path}: pass a run folder or a ckpt.pt written by sddit.train")
+    elif not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a run folder or a ckpt.pt written by sddit.train")
     else: st = load_checkpoint(path)
-    model = EDMPrecond(SDDiT(DiTConfig(**st['config']['model']))).to(device)
+    model = EDMPrecond(SDDiT(DiTConfig.from_dict(st['config']['model']))).to(device)
     model.load_state_dict(st[which])
     return model.eval().requires_grad_(False)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['DINOHead', 'entropy', 'teacher_temp', 'teacher_probs', 'update_center', 'distill_ce', 'chunked_distill_ce',
-           'DINOLoss']
+           'plain_distill_ce', 'DINOLoss']
 
 # %% ../nbs/04_dino.ipynb #042df7df
 class DINOHead(nn.Module):
@@ -119,9 +119,16 @@ def chunked_distill_ce(z_s, w_s, z_t, w_t, center, tau_s: float, tau_t: float, c
                                                  tau_s, tau_t, chunk)
     return loss / M, p_sum / M, h_sum / M
 
+def plain_distill_ce(z_s, w_s, z_t, w_t, center, tau_s: float, tau_t: float):
+    "`chunked_distill_ce` in one piece: every K-wide logit is materialised and kept for backward (the reference)."
+    M = z_s.shape[0]
+    s, t = z_s.reshape(M, -1) @ w_s.T, z_t.reshape(M, -1) @ w_t.T
+    p_t = teacher_probs(t, center.float().reshape(-1), tau_t)
+    return distill_ce(s, t, center.float().reshape(-1), tau_s, tau_t), p_t.mean(0), entropy(p_t).mean()
+
 # %% ../nbs/04_dino.ipynb #e16d71ed
 class DINOLoss(nn.Module):
-    "L_D of Eq. 12 with DINO/iBOT centering (separate [CLS] and patch centres) and the τ_T warm-up."
+    "L_D of Eq. 12 with DINO/iBOT centering (separate [CLS] and patch centres) and the τ_T warm-up; `chunk=0`: plain."
     def __init__(self, out_dim: int, tau_s: float = 0.1, tau_t: float = 0.07, tau_t_warmup: float = 0.04,
                  warmup_steps: int = 0, center_momentum: float = 0.9, chunk: int = 4096):
         super().__init__()
@@ -139,7 +146,9 @@ class DINOLoss(nn.Module):
             zt_cls, zt_tok = teacher_head.project(t_cls), teacher_head.project(t_tokens).flatten(0, 1)
         for name, zs, zt, center in (('cls', student_head.project(s_cls), zt_cls, self.center_cls),
                                      ('patch', student_head.project(s_tokens).flatten(0, 1), zt_tok, self.center_patch)):
-            out[f'L_D_{name}'], p_mean, h_tok = chunked_distill_ce(zs, w_s, zt, w_t, center, self.tau_s, tau_t, self.chunk)
+            if self.chunk: ce = chunked_distill_ce(zs, w_s, zt, w_t, center, self.tau_s, tau_t, self.chunk)
+            else: ce = plain_distill_ce(zs, w_s, zt, w_t, center, self.tau_s, tau_t)
+            out[f'L_D_{name}'], p_mean, h_tok = ce
             out[f'entropy_{name}'], out[f'token_entropy_{name}'] = entropy(p_mean), h_tok
             with torch.no_grad():                                      # centre update after use (DINO)
                 center.copy_(update_center(center, zt.float().mean(0) @ w_t.float().T, self.center_momentum))

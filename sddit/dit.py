@@ -5,7 +5,7 @@
 # %% ../nbs/03_dit.ipynb #512a247e
 from __future__ import annotations
 import math
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, field, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -17,8 +17,9 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'drop_labels', 'sincos_pos_embed_1d',
-           'sincos_pos_embed_2d', 'modulate', 'Attention', 'DiTBlock', 'FinalLayer', 'DiTConfig', 'model_config',
-           'run_blocks', 'EncoderOut', 'DiTEncoder', 'DiTDecoder', 'SDDiT', 'block_macs', 'forward_macs']
+           'sincos_pos_embed_2d', 'modulate', 'math_attention', 'Attention', 'DiTBlock', 'FinalLayer', 'DiTConfig',
+           'model_config', 'run_blocks', 'EncoderOut', 'DiTEncoder', 'DiTDecoder', 'SDDiT', 'block_macs',
+           'forward_macs']
 
 # %% ../nbs/03_dit.ipynb #8de2ce3a
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.) -> torch.Tensor:
@@ -66,24 +67,30 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
 # %% ../nbs/03_dit.ipynb #4e50873b
 def modulate(x, shift, scale): return x * (1 + scale[:, None]) + shift[:, None]
 
+def math_attention(q, k, v):
+    "softmax(QKᵀ/√d)·V written out: what `F.scaled_dot_product_attention` computes in one fused kernel."
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+
 class Attention(nn.Module):
-    "Multi-head self-attention through `F.scaled_dot_product_attention`."
-    def __init__(self, dim: int, num_heads: int):
+    "Multi-head self-attention: `impl` 'sdpa' (`F.scaled_dot_product_attention`) or 'math' (written out)."
+    def __init__(self, dim: int, num_heads: int, impl: str = 'sdpa'):
         super().__init__()
         if dim % num_heads: raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        self.attend = F.scaled_dot_product_attention if impl == 'sdpa' else math_attention
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
     def forward(self, x):
         N, T, D = x.shape
         q, k, v = self.qkv(x).reshape(N, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(N, T, D))
+        return self.proj(self.attend(q, k, v).transpose(1, 2).reshape(N, T, D))
 
 class DiTBlock(nn.Module):
     "A DiT block with adaLN-Zero conditioning on `c` (width `cond_dim`, defaults to the block's width)."
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
+                 attention: str = 'sdpa'):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, attention)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, dim))
@@ -119,13 +126,25 @@ class DiTConfig:
     decoder_hidden_size: int | None = None   # None = the encoder's width
     decoder_num_heads: int | None = None
     num_classes: int = 1000              # 0 = unconditional
-    class_dropout_prob: float = 0.1      # label dropout for CFG (applied by the training step)
     cls_token: bool = True               # a learned [CLS] token in the encoder (for L_D)
+    cls_init: str = 'learned'            # 'pooled': [CLS] + the mean visible patch embedding (a probe)
     mask_token: bool = False             # MaskDiT: invisible positions get a learned token, not the noised patch
+    attention: str = 'sdpa'              # 'math': attention written out instead of the fused kernel
 
     def __post_init__(self):
         if self.input_size % self.patch_size:
-            raise ValueError(f"image size {self.input_size} is not divisible by the patch size {self.patch_size}")
+            raise ValueError(f"image size {self.input_size} is not divisible by the patch size {self.patch_size}: "
+                             f"choose a --patch-size that divides it")
+        if self.cls_init not in ('learned', 'pooled'):
+            raise ValueError(f"cls_init must be 'learned' or 'pooled', got {self.cls_init!r}")
+        if self.attention not in ('sdpa', 'math'):
+            raise ValueError(f"attention must be 'sdpa' or 'math', got {self.attention!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiTConfig:
+        "The config a checkpoint recorded (`asdict`), ignoring fields this version no longer has."
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
     @property
     def grid(self): return self.input_size // self.patch_size
     @property
@@ -177,7 +196,8 @@ class DiTEncoder(nn.Module):
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(cfg.num_classes, D) if cfg.num_classes else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.cls_token else None
-        self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList([DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, attention=cfg.attention)
+                                     for _ in range(cfg.depth)])
         self.grad_checkpoint = False                                    # recompute blocks in backward (saves memory)
 
     @property
@@ -194,7 +214,10 @@ class DiTEncoder(nn.Module):
     def forward(self, x_in, c_noise, y=None, ids_keep: torch.Tensor | None = None) -> EncoderOut:
         x_tok = self.x_embedder(patchify(x_in, self.cfg.patch_size)) + self.pos_embed.to(x_in.dtype)
         h = x_tok if ids_keep is None else gather_tokens(x_tok, ids_keep)
-        if self.cls_token is not None: h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype), h], 1)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype)
+            if self.cfg.cls_init == 'pooled': cls = cls + h.mean(1, keepdim=True)   # differs per image from step 0
+            h = torch.cat([cls, h], 1)
         c = self.condition(c_noise, y)
         h = run_blocks(self.blocks, h, c, self.grad_checkpoint)
         return EncoderOut(h, c, x_tok)
@@ -208,7 +231,8 @@ class DiTDecoder(nn.Module):
         self.decoder_embed = nn.Linear(D, Dd) if Dd != D else nn.Identity()
         self.register_buffer('pos_embed', sincos_pos_embed_2d(Dd, cfg.grid)[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
-        self.blocks = nn.ModuleList([DiTBlock(Dd, cfg.dec_heads, cfg.mlp_ratio, cond_dim=D) for _ in range(cfg.decoder_depth)])
+        self.blocks = nn.ModuleList([DiTBlock(Dd, cfg.dec_heads, cfg.mlp_ratio, cond_dim=D, attention=cfg.attention)
+                                     for _ in range(cfg.decoder_depth)])
         self.grad_checkpoint = False
 
     def complete_tokens(self, visible, x_tok, ids_keep):

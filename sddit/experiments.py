@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime import SdditError, cli
+
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'COLLAPSE_KEYS', 'mask_ratio_of', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize',
-           'results_table', 'paired_table', 'collapse_table', 'plot_results', 'write_summary', 'main']
+__all__ = ['EXPERIMENTS', 'PROBES', 'COLLAPSE_KEYS', 'mask_ratio_of', 'run_one', 'final_stats', 'load_results', 'run_all',
+           'summarize', 'results_table', 'paired_table', 'collapse_table', 'plot_results', 'write_summary',
+           'run_experiments', 'main']
 
 # %% ../nbs/12_experiments.ipynb #2ddc420e
 EXPERIMENTS = {
@@ -23,6 +26,12 @@ EXPERIMENTS = {
     'maskdit':      dict(method='maskdit'),
     'dit':          dict(method='dit'),
 }
+PROBES = {                        # why the [CLS] half of L_D goes uniform (bench/cls_probe.py); not in the default sweep
+    'cls-pool':   dict(cls_init='pooled'),                  # [CLS] + the mean visible patch: image-dependent from step 0
+    'cls-freeze': dict(freeze_last_layer=100),              # prototypes fixed for 100 steps (DINO, iBOT)
+    'cls-sharp':  dict(tau_t=0.01, tau_t_start=0.01),       # a far sharper teacher
+    'cls-clean':  dict(student_sigma_max=0.2),              # a student that always sees the digit clearly
+}
 
 def mask_ratio_of(name: str) -> float | None:
     "The mask ratio an SD-DiT variant trains with (sddit = 0.2), or None for the others."
@@ -32,13 +41,15 @@ def mask_ratio_of(name: str) -> float | None:
 # %% ../nbs/12_experiments.ipynb #65cc9441
 def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, sample_steps: int = 20) -> dict:
     "Train variant `name` with `seed` for `steps` on digits, evaluate it, and return its result row."
-    from sddit.train import TrainConfig, train
+    from sddit.config import TrainConfig
+    from sddit.train import train
     from sddit.checkpoint import load_model
     from sddit.metrics import evaluate_digits
-    if name not in EXPERIMENTS: raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if name not in {**EXPERIMENTS, **PROBES}:
+        raise SdditError(f"unknown experiment {name!r}; choose from {', '.join({**EXPERIMENTS, **PROBES})}")
     run_dir = Path(out) / 'runs' / f'{name}-s{seed}'
     cfg = TrainConfig(preset='digits', steps=steps, seed=seed, out=str(run_dir), sample_every=0, ckpt_every=steps,
-                      eval_every=0, **EXPERIMENTS[name])
+                      eval_every=0, **{**EXPERIMENTS, **PROBES}[name])
     t0 = time.time()
     train(cfg, quiet=True)
     rows = load_results(run_dir / 'metrics.jsonl')
@@ -155,22 +166,28 @@ def write_summary(rows: list, out, steps: int):
     plot_results(rows, Path(out) / 'experiments.png')
 
 # %% ../nbs/12_experiments.ipynb #0772bc1a
-def main(argv=None):
-    "python -m sddit.experiments: run the sweep (resumable), then write summary.md and experiments.png."
+def run_experiments(argv=None) -> list:
     p = argparse.ArgumentParser(prog='python -m sddit.experiments', description="The paper's comparisons on digits.")
-    p.add_argument('--out', default='results/digits'); p.add_argument('--steps', type=int, default=800)
+    p.add_argument('--out', default='results/digits')
+    p.add_argument('--steps', type=int, default=800, help='training steps of every run')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    p.add_argument('--only', nargs='+', help=f"variants to run (default all): {', '.join(EXPERIMENTS)}")
-    p.add_argument('--n-per-class', type=int, default=50); p.add_argument('--sample-steps', type=int, default=20)
+    p.add_argument('--only', nargs='+', help=f"variants to run (default: {', '.join(EXPERIMENTS)}; "
+                                             f"the [CLS] probes: {', '.join(PROBES)})")
+    p.add_argument('--n-per-class', type=int, default=50, help='evaluation samples per class')
+    p.add_argument('--sample-steps', type=int, default=20, help='Heun steps of the evaluation samples')
     a = p.parse_args(argv)
-    bad = [n for n in (a.only or []) if n not in EXPERIMENTS]
-    if bad or a.steps <= 0 or a.n_per_class <= 0:
-        print(f"sddit.experiments: error: {'unknown variant ' + repr(bad[0]) if bad else 'steps and n-per-class must be positive'}"
-              f"; variants: {', '.join(EXPERIMENTS)}", file=sys.stderr); raise SystemExit(2)
+    bad = [n for n in (a.only or []) if n not in {**EXPERIMENTS, **PROBES}]
+    if bad: raise SdditError(f"unknown variant {bad[0]!r}; variants: {', '.join({**EXPERIMENTS, **PROBES})}")
+    if a.steps <= 0 or a.n_per_class <= 0: raise SdditError('steps and n-per-class must be positive')
     rows = run_all(a.out, a.only, a.seeds, a.steps, n_per_class=a.n_per_class, sample_steps=a.sample_steps)
     write_summary(rows, a.out, a.steps)
     print(Path(a.out, 'summary.md').read_text())
     print(f"wrote {Path(a.out) / 'results.jsonl'}, {Path(a.out) / 'summary.md'}, {Path(a.out) / 'experiments.png'}")
+    return rows
+
+def main(argv=None):
+    "python -m sddit.experiments: run the sweep (resumable), then write summary.md and experiments.png."
+    return cli('sddit.experiments', run_experiments, argv)
 
 
 

@@ -396,31 +396,27 @@ def gallery_widget(source=None, render: Callable = render_gallery, render_now: b
 # %% ../nbs/11_explore.ipynb #152567c6
 def explore_disc(ckpt=None, model: EDMPrecond | None = None, seed: int = 0) -> dict:
     "The discrimination half for the views: head, teacher, centres and temperatures of a run, or random ones (`ckpt=None`)."
-    import copy
-    from sddit.dino import DINOHead, teacher_temp
+    from sddit.dino import teacher_temp
     from sddit.teacher import Teacher
+    from sddit.config import TrainConfig, resolve_config, loss_config
+    from sddit.train import load_run, build_parts
     if model is None: model = explore_model(ckpt, seed=seed)
-    enc = model.net.encoder
-    if ckpt is None:
+    if ckpt is None:                                                    # the digits preset's head, random
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            head = DINOHead(model.net.cfg.hidden_size, 1024, 256, 64)
-        K = head.out_dim
-        return dict(head=head.eval(), teacher=Teacher(enc, head).eval(), center_cls=torch.zeros(K), center_patch=torch.zeros(K),
-                    tau_s=0.1, tau_t=0.07, source='random model')
-    from sddit.checkpoint import load_checkpoint
-    path = Path(ckpt); path = path / 'ckpt.pt' if path.is_dir() else path
-    st = load_checkpoint(path)
-    if 'head' not in st:
-        raise ValueError(f"{path} has no projection head or teacher (a --method {st['config']['train']['method']}"
-                         f"{' --no-disc' if st['config']['train'].get('no_disc') else ''} run): pass an SD-DiT checkpoint")
-    tc = st['config']['train']
-    head = DINOHead(model.net.cfg.hidden_size, tc['head_out_dim'], tc['head_hidden_dim'], tc['head_bottleneck_dim'])
-    head.load_state_dict(st['head'])
-    teacher = Teacher(enc, head); teacher.load_state_dict(st['teacher'])
-    warm = int(tc.get('tau_t_warmup_frac', 0.3) * tc['steps'])
-    return dict(head=head.eval().requires_grad_(False), teacher=teacher.eval(), center_cls=st['dino']['center_cls'],
-                center_patch=st['dino']['center_patch'], tau_s=0.1, tau_t=teacher_temp(st['step'], warm), source=str(path))
+            tc = resolve_config(TrainConfig(seed=seed))
+            p = build_parts(tc, model.net.cfg, loss_config(tc, model.net.cfg.num_classes), 'cpu')
+        d = p.dino
+        return dict(head=p.head.eval(), teacher=Teacher(model.net.encoder, p.head).eval(), center_cls=d.center_cls,
+                    center_patch=d.center_patch, tau_s=d.tau_s, tau_t=d.tau_t, source='random model')
+    with torch.random.fork_rng():
+        tc, p, step = load_run(ckpt)                                    # the run as the trainer rebuilds it
+    if p.head is None:
+        raise ValueError(f"{ckpt} has no projection head or teacher (a --method {tc.recipe.method}"
+                         f"{' --no-disc' if tc.recipe.no_disc else ''} run): pass an SD-DiT checkpoint")
+    d = p.dino
+    return dict(head=p.head.eval().requires_grad_(False), teacher=p.teacher.eval(), center_cls=d.center_cls,
+                center_patch=d.center_patch, tau_s=d.tau_s, tau_t=teacher_temp(step, d.warmup_steps, d.tau_t, d.tau_t_warmup),
+                source=str(ckpt))
 
 @torch.no_grad()
 def teacher_student_views(x0, y, sigma: float, mask_ratio: float, seed: int, patch, model: EDMPrecond, disc: dict) -> dict:

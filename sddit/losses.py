@@ -50,18 +50,25 @@ class LossConfig:
     num_classes: int = 1000
     disc: bool = True                 # SD-DiT's L_D and teacher (--no-disc turns them off)
     teacher_sigma: str | float = 'min'   # 'min' (σ_T = 0.002), a value, or 'same' (drawn like σ_S)
+    student_sigma_max: float | None = None   # cap σ_S (a probe: a student that always sees the digit clearly)
     mae_weight: float = 0.1           # MaskDiT's auxiliary loss weight
 
     def __post_init__(self):
-        if self.method not in METHODS: raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not 0 <= self.mask_ratio < 1: raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.method == 'dit' and self.mask_ratio: raise ValueError("--method dit uses no mask: set mask_ratio to 0")
-        if self.method == 'maskdit' and not self.mask_ratio: raise ValueError("--method maskdit needs a mask ratio > 0 (0.5 by default)")
-        if self.method != 'sddit': self.disc = False
+        m, r = self.method, self.mask_ratio
+        if m not in METHODS: raise ValueError(f"unknown method {m!r}: choose one of {', '.join(METHODS)} with --method")
+        if not 0 <= r < 1: raise ValueError(f"mask ratio must be in [0, 1), got {r}: pass e.g. --mask-ratio 0.2")
+        if m == 'dit' and r:
+            raise ValueError(f"--method dit trains without a mask, got --mask-ratio {r}: drop the flag or pass 0")
+        if m == 'maskdit' and not r:
+            raise ValueError("--method maskdit needs a mask, got --mask-ratio 0: pass e.g. --mask-ratio 0.5")
+        if m != 'sddit': self.disc = False
         if self.teacher_sigma not in ('min', 'same'):
             try: v = float(self.teacher_sigma)
             except (TypeError, ValueError): v = -1
-            if not v > 0: raise ValueError(f"teacher sigma must be 'min', 'same' or a positive number, got {self.teacher_sigma!r}")
+            if not v > 0: raise ValueError(f"teacher sigma must be 'min', 'same' or a positive number, got "
+                                           f"{self.teacher_sigma!r}: pass --teacher-sigma min, same or a number like 0.5")
+        if self.student_sigma_max is not None and not self.student_sigma_max > 0:
+            raise ValueError(f"--student-sigma-max must be positive, got {self.student_sigma_max}")
 
 # %% ../nbs/06_losses.ipynb #4a1085ba
 def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, cfg: LossConfig,
@@ -70,6 +77,7 @@ def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | 
     N = x0.shape[0]
     net = model.net
     sigma = sample_sigma(N, cfg.P_mean, cfg.P_std, device=x0.device)
+    if cfg.student_sigma_max is not None: sigma = sigma.clamp(max=cfg.student_sigma_max)
     x_sigma = add_noise(x0, sigma)
     if y is not None and net.cfg.num_classes: y = drop_labels(y, cfg.class_dropout_prob, cfg.num_classes)
     mask = random_mask(N, net.cfg.num_patches, cfg.mask_ratio, device=x0.device) if cfg.mask_ratio > 0 else None

@@ -12,7 +12,7 @@ from .edm import edm_coefficients, add_noise, sample_sigma, sigma_min, sigma_dat
 from .masking import gather_tokens
 
 # %% auto #0
-__all__ = ['teacher_momentum', 'Teacher', 'teacher_view']
+__all__ = ['teacher_momentum', 'lerp_params_', 'Teacher', 'teacher_view']
 
 # %% ../nbs/05_teacher.ipynb #e3e7fb22
 def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 0.999) -> float:
@@ -24,6 +24,15 @@ def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: fl
     ### END SOLUTION
 
 # %% ../nbs/05_teacher.ipynb #b06bc306
+@torch.no_grad()
+def lerp_params_(dst, src, weight: float, ok: torch.Tensor | None = None):
+    "dst ← (1 − w)·dst + w·src, tensor by tensor; with a 0-dim `ok` the weight is w·ok, so `ok` = 0 leaves dst as it is."
+    dst, src = list(dst), [p.detach() for p in src]
+    ### BEGIN SOLUTION
+    w = weight if ok is None else [ok.to(dst[0]) * weight] * len(dst)   # a tensor: the skip stays on the device
+    torch._foreach_lerp_(dst, src, w)                                    # θ' ← θ' + w·(θ − θ'), all tensors at once
+    ### END SOLUTION
+
 class Teacher(nn.Module):
     "EMA copy of the student encoder and head; no gradients, never in the optimiser."
     def __init__(self, encoder: nn.Module, head: nn.Module):
@@ -31,15 +40,10 @@ class Teacher(nn.Module):
         self.encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.head = copy.deepcopy(head).requires_grad_(False)
 
-    @torch.no_grad()
-    def update(self, encoder: nn.Module, head: nn.Module, momentum: float):
-        "θ' ← β·θ' + (1 − β)·θ for the encoder and the head."
-        ### BEGIN SOLUTION
-        for mine, theirs in ((self.encoder, encoder), (self.head, head)):
-            t_params = [p for p in mine.parameters()]
-            s_params = [p.detach() for p in theirs.parameters()]
-            torch._foreach_lerp_(t_params, s_params, 1 - momentum)
-        ### END SOLUTION
+    def update(self, encoder: nn.Module, head: nn.Module, momentum: float, ok: torch.Tensor | None = None):
+        "θ' ← β·θ' + (1 − β)·θ for the encoder and the head (not where the 0-dim `ok` is 0: a skipped step)."
+        lerp_params_([*self.encoder.parameters(), *self.head.parameters()], [*encoder.parameters(), *head.parameters()],
+                     1 - momentum, ok)
 
     @torch.no_grad()
     def forward(self, x_sigma, sigma, y=None, ids_keep=None, sigma_data: float = SIGMA_DATA):

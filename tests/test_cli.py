@@ -5,14 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
-SHORT = ['--steps', '6', '--batch-size', '16', '--log-every', '2', '--sample-every', '4', '--ckpt-every', '3',
-         '--sample-steps', '2']
+from conftest import ENV, TINY as SHORT, run_module, assert_one_line_error
 
 
 def run(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, '-m', 'sddit.train', *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=timeout)
+    return run_module('sddit.train', *args, cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize('method', ['sddit', 'dit'])
@@ -56,20 +53,20 @@ def test_default_out_folder_is_runs_time(tmp_path):
     (['--steps', '-5'], '--steps must be a positive integer, got -5'),
     (['--method', 'mdt'], "unknown method 'mdt'"),
     (['--method', 'dit', '--mask-ratio', '0.3'], '--method dit trains without a mask'),
+    (['--adamw', 'sgd'], "unknown --adamw 'sgd'"),
+    (['--cls-init', 'mean'], "cls_init must be 'learned' or 'pooled'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / 'run'
     r = run(*args, '--out', str(out), cwd=tmp_path)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert_one_line_error(r, message, prog='sddit.train')
     assert not out.exists() and not (tmp_path / 'runs').exists()
 
 
 def test_out_that_is_a_file(tmp_path):
-    f = tmp_path / 'taken.txt'; f.write_text('keep me')
-    r = run('--out', str(f))
-    assert r.returncode == 2 and 'is a file' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    f = tmp_path / 'taken.txt'
+    f.write_text('keep me')
+    assert_one_line_error(run('--out', str(f)), 'is a file')
     assert f.read_text() == 'keep me'
 
 
@@ -97,8 +94,9 @@ def test_interrupt_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 # --- latent shards, the ImageNet presets, precision, evaluation (issue 5 and issue 4's trainer hook) ---
 
-from sddit.data import random_latent_shards
-from sddit.train import main, train, TrainConfig
+from sddit.imagenet import random_latent_shards
+from sddit.config import TrainConfig
+from sddit.train import main, train
 
 
 def bad(argv, capsys):
@@ -207,3 +205,27 @@ def test_compiled_and_eager_losses_agree(tmp_path):
     assert eager.returncode == 0 and comp.returncode == 0, comp.stderr[-3000:]
     le, lc = ([json.loads(l)['loss'] for l in (tmp_path / d / 'metrics.jsonl').read_text().splitlines()] for d in 'ec')
     assert lc == pytest.approx(le, rel=1e-4)
+
+
+def test_unreadable_checkpoint_is_kept_aside_not_overwritten(tmp_path):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'ckpt.pt').write_bytes(b'days of training, damaged in a copy')
+    r = run('--steps', '2', '--batch-size', '16', '--log-every', '1', '--sample-every', '0', '--eval-every', '0',
+            '--out', str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = list(out.glob('ckpt.pt.unreadable-*'))
+    assert len(kept) == 1 and kept[0].read_bytes() == b'days of training, damaged in a copy'
+    assert 'skipping damaged checkpoint' in r.stderr and f'kept the unreadable ckpt.pt as {kept[0].name}' in r.stderr
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == 2
+
+
+def test_help_lists_every_setting_once():
+    from dataclasses import fields
+    from sddit.config import GROUPS
+    r = run('--help')
+    assert r.returncode == 0
+    for cls in GROUPS.values():
+        for f in fields(cls):
+            flag = '--' + f.name.replace('_', '-')
+            assert r.stdout.count(flag + ' ') + r.stdout.count(flag + '\n') >= 1, flag

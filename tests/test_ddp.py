@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+from conftest import ENV as BASE_ENV, run_module
+
+ENV = {**BASE_ENV, 'OMP_NUM_THREADS': '1'}
 STEPS, LR = 3, 1e-3
 COMMON = ['--steps', str(STEPS), '--batch-size', '16', '--lr', str(LR), '--log-every', '1', '--sample-every', '0',
           '--ckpt-every', '100', '--eval-every', '0']
@@ -33,7 +35,7 @@ def torchrun(*args, nproc=2, **kw):
 
 
 def single(*args):
-    return subprocess.run([sys.executable, '-m', 'sddit.train', *args], capture_output=True, text=True, env=ENV, timeout=300)
+    return run_module('sddit.train', *args, env=ENV)
 
 
 def diffs(a, b):

@@ -1,12 +1,11 @@
 """`python -m sddit.experiments` end to end on two tiny variants: rows, summary with the collapse check, plot, resume."""
-import json, os, subprocess, sys
+import json
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
+from conftest import run_module, assert_one_line_error
 
 
 def run(*args):
-    return subprocess.run([sys.executable, '-m', 'sddit.experiments', *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=600)
+    return run_module('sddit.experiments', *args, timeout=600)
 
 
 def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
@@ -31,6 +30,5 @@ def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
 
 
 def test_unknown_variant_is_one_line_and_exit_2(tmp_path):
-    r = run('--out', tmp_path / 'x', '--only', 'mdt')
-    assert r.returncode == 2 and "unknown variant 'mdt'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert_one_line_error(run('--out', tmp_path / 'x', '--only', 'mdt'), "unknown variant 'mdt'", prog='sddit.experiments')
     assert not (tmp_path / 'x').exists()

@@ -1,10 +1,10 @@
 """The paper's three methods and its ablations are switches of one trainer: each runs on digits and logs what it trains."""
-import json, os, subprocess, sys
+import json
 
 import pytest
 import torch
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
+from conftest import run_module
 SHORT = ['--steps', '4', '--batch-size', '16', '--log-every', '2', '--sample-every', '1000', '--ckpt-every', '1000',
          '--sample-steps', '2']
 DISC_KEYS = {'L_D', 'L_D_cls', 'L_D_patch', 'entropy_patch', 'entropy_cls', 'token_entropy_patch', 'tau_t',
@@ -13,8 +13,7 @@ DISC_KEYS = {'L_D', 'L_D_cls', 'L_D_patch', 'entropy_patch', 'entropy_cls', 'tok
 
 def train(tmp_path, *args):
     out = tmp_path / 'run'
-    r = subprocess.run([sys.executable, '-m', 'sddit.train', *SHORT, '--out', str(out), *args], capture_output=True,
-                       text=True, env=ENV, timeout=600)
+    r = run_module('sddit.train', *SHORT, '--out', out, *args, timeout=600)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
     cfg = json.loads((out / 'config.json').read_text())

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+from conftest import ENV as BASE_ENV
+
+ENV = {**BASE_ENV, 'OMP_NUM_THREADS': '1'}
 PARTS = ('model', 'ema', 'opt', 'head', 'teacher', 'dino')
 
 

@@ -12,10 +12,7 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['IMG_EXTENSIONS', 'LATENT_FORMAT', 'Digits', 'load_digits_tensors', 'to_display', 'show_images', 'batch_indices',
-           'adm_center_crop', 'to_tensor', 'hflip', 'load_image', 'find_images', 'ImageFolderDataset',
-           'save_json_atomic', 'save_shard', 'read_shard_meta', 'latent_manifest', 'LatentShards',
-           'random_latent_shards']
+__all__ = ['Digits', 'load_digits_tensors', 'to_display', 'show_images', 'batch_indices']
 
 # %% ../nbs/00_data.ipynb #06c733ea
 @dataclass
@@ -82,173 +79,14 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int = 0) -> torch.Te
         out.append(perm[offset: offset + take]); pos += take
     return torch.cat(out)
 
-# %% ../nbs/00_data.ipynb #cca88c8d
-import bisect, json, os, tempfile
-from pathlib import Path
-from PIL import Image
+# %% ../nbs/00_data.ipynb #ba43159a
+_MOVED_TO_IMAGENET = ('IMG_EXTENSIONS', 'adm_center_crop', 'to_tensor', 'hflip', 'load_image', 'find_images',
+                      'ImageFolderDataset', 'LATENT_FORMAT', 'save_json_atomic', 'save_shard', 'read_shard_meta',
+                      'latent_manifest', 'LatentShards', 'random_latent_shards')
 
-# %% ../nbs/00_data.ipynb #f3da0b4b
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.pgm', '.bmp', '.tif', '.tiff', '.webp')
-
-def adm_center_crop(img: Image.Image, image_size: int = 256) -> Image.Image:
-    "ADM's `center_crop_arr`: BOX-halve while the short side ≥ 2·`image_size`, BICUBIC to `image_size`, centre square."
-    while min(*img.size) >= 2 * image_size:
-        img = img.resize(tuple(s // 2 for s in img.size), resample=Image.BOX)
-    scale = image_size / min(*img.size)
-    img = img.resize(tuple(round(s * scale) for s in img.size), resample=Image.BICUBIC)
-    left, top = (img.size[0] - image_size) // 2, (img.size[1] - image_size) // 2
-    return img.crop((left, top, left + image_size, top + image_size))
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    "An RGB PIL image → 3×H×W float tensor in [−1, 1] (what `ToTensor` + `Normalize(0.5, 0.5)` give)."
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1)
-
-def hflip(x: torch.Tensor) -> torch.Tensor:
-    "Mirror left–right (the last axis) — an image or a latent."
-    return x.flip(-1)
-
-def load_image(path, image_size: int = 256) -> torch.Tensor:
-    "Open `path`, convert to RGB, ADM centre crop: 3×S×S in [−1, 1]. An unreadable file raises `OSError` naming it."
-    try:
-        with Image.open(path) as im: img = im.convert('RGB')  # convert() forces the full decode
-    except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG), DecompressionBombError…
-        raise OSError(f'cannot read image {path}: {type(e).__name__}: {e}') from e
-    return to_tensor(adm_center_crop(img, image_size))
-
-# %% ../nbs/00_data.ipynb #28550318
-def find_images(root, extensions=IMG_EXTENSIONS):
-    "ImageNet-style `root/<class>/**/<image>` → (relative paths, labels, classes); classes sorted, paths sorted per class."
-    root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'image folder {root} does not exist')
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
-    if not classes:
-        raise ValueError(f'no class folders in {root}: expected {root}/<class>/<image>.JPEG (the layout of ImageNet train/)')
-    paths, labels = [], []
-    for y, c in enumerate(classes):
-        found = sorted(Path(dp, f).relative_to(root).as_posix()
-                       for dp, dns, fs in os.walk(root / c, followlinks=True) for f in fs
-                       if f.lower().endswith(extensions) and not f.startswith('.'))
-        paths += found; labels += [y] * len(found)
-    if not paths: raise ValueError(f'no images ({", ".join(extensions)}) in the {len(classes)} class folders of {root}')
-    return paths, labels, classes
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    "Class-folder images → (3×S×S in [−1, 1], label) with ADM's centre crop; `flip` False, True or 'random'."
-    def __init__(self, root, image_size: int = 256, flip=False):
-        if flip not in (False, True, 'random'): raise ValueError(f"flip must be False, True or 'random', got {flip!r}")
-        self.root, self.image_size, self.flip = Path(root), image_size, flip
-        self.paths, self.labels, self.classes = find_images(root)
-
-    @property
-    def num_classes(self): return len(self.classes)
-    def __len__(self): return len(self.paths)
-    def __getitem__(self, i):
-        x = load_image(self.root / self.paths[i], self.image_size)
-        if self.flip is True or (self.flip == 'random' and torch.rand(()) < 0.5): x = hflip(x)
-        return x, self.labels[i]
-
-# %% ../nbs/00_data.ipynb #fa2e8c03
-LATENT_FORMAT = 'sddit-latents/1'
-
-def save_json_atomic(path, obj):
-    "Write JSON to `path` through a temporary file and a rename: readers see the old file or the new one, never half."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
-
-def save_shard(path, tensors: dict, meta: dict):
-    "Save `tensors` with `meta` (JSON) in a safetensors header, atomically (temp file + fsync + rename)."
-    from safetensors.torch import save_file
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={'sddit': json.dumps(meta)})
-    with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def read_shard_meta(path) -> dict:
-    "The JSON `meta` stored by `save_shard` (reads only the header)."
-    from safetensors import safe_open
-    with safe_open(str(path), 'pt') as f: return json.loads((f.metadata() or {}).get('sddit', '{}'))
-
-def latent_manifest(shards, classes, latent_shape=(4, 32, 32), store='mean_std', dtype='float32',
-                    scale=0.18215, **extra) -> dict:
-    "The manifest `LatentShards` reads: `shards` is a list of {'file', 'count'}; `extra` keys are kept as they are."
-    if store not in ('mean_std', 'sample'): raise ValueError(f"store must be 'mean_std' or 'sample', got {store!r}")
-    return dict(format=LATENT_FORMAT, num_latents=sum(s['count'] for s in shards), latent_shape=list(latent_shape),
-                flips=2, flip_axis=1, store=store, tensors=['mean', 'std'] if store == 'mean_std' else ['sample'],
-                dtype=dtype, scale=scale, num_classes=len(classes), classes=list(classes), shards=list(shards), **extra)
-
-# %% ../nbs/00_data.ipynb #a3876232
-class LatentShards(torch.utils.data.Dataset):
-    """The latents of `python -m sddit.latents`: item i → (z, label), z a float32 tensor of `latent_shape`.
-    `flip`: 'random' (each access picks the image or its mirror), 0 (the image) or 1 (its mirror).
-    `sample`: for mean/std shards, draw z = μ + σ·ε afresh (True) or return μ (False).
-    `seed`: None uses torch's global RNG; an int makes item i's randomness a function of (seed, epoch, i) (`set_epoch`)."""
-    def __init__(self, path, flip='random', sample: bool = True, seed: int | None = None):
-        from safetensors import safe_open
-        if flip not in ('random', 0, 1): raise ValueError(f"flip must be 'random', 0 or 1, got {flip!r}")
-        self.path, self.flip, self.sample, self.seed, self.epoch = Path(path), flip, sample, seed, 0
-        mf = self.path / 'manifest.json'
-        if not mf.is_file():
-            why = ('it holds shards but no manifest: the encoder has not finished, run it again with the same arguments'
-                   if self.path.is_dir() and any(self.path.glob('shard-*.safetensors')) else
-                   f'make one with: python -m sddit.latents --images DIR --out {self.path} --vae stabilityai/sd-vae-ft-ema')
-            raise FileNotFoundError(f'no latents at {self.path} (no manifest.json): {why}')
-        self.manifest = m = json.loads(mf.read_text())
-        if m.get('format') != LATENT_FORMAT:
-            raise ValueError(f"{mf} is not a {LATENT_FORMAT} manifest (format {m.get('format')!r})")
-        self.latent_shape, self.classes, self.scale = tuple(m['latent_shape']), m['classes'], m['scale']
-        self.keys, self.files = m['tensors'], [self.path / s['file'] for s in m['shards']]
-        labels = []
-        for s, f in zip(m['shards'], self.files):
-            if not f.is_file():
-                raise FileNotFoundError(f'{f} is listed in {mf} but missing: run the encoder again with the same arguments')
-            with safe_open(str(f), 'pt') as h:
-                for k in self.keys:
-                    shape = tuple(h.get_slice(k).get_shape())
-                    if shape != (s['count'], 2, *self.latent_shape):
-                        raise ValueError(f"{f}: '{k}' has shape {shape}, the manifest says {(s['count'], 2, *self.latent_shape)}")
-                labels.append(h.get_tensor('label').long())
-        self.labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-        self.offsets = np.cumsum([0] + [s['count'] for s in m['shards']]).tolist()
-        self._handles = {}
-
-    @property
-    def num_classes(self): return len(self.classes)
-    def __len__(self): return self.offsets[-1]
-    def set_epoch(self, epoch: int): self.epoch = epoch
-    def __getstate__(self): return {**self.__dict__, '_handles': {}}   # open files stay in their process
-
-    def _open(self, k):
-        from safetensors import safe_open
-        if k not in self._handles: self._handles[k] = safe_open(str(self.files[k]), 'pt')
-        return self._handles[k]
-
-    def __getitem__(self, i):
-        i = int(i)
-        if not 0 <= i < len(self): raise IndexError(f'latent index {i} out of range [0, {len(self)})')
-        k = bisect.bisect_right(self.offsets, i) - 1; j = i - self.offsets[k]
-        g = None if self.seed is None else torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self.epoch) * 2_000_003 + i)
-        f = int(torch.randint(2, (), generator=g)) if self.flip == 'random' else self.flip
-        h = self._open(k)
-        if self.keys == ['sample']: z = h.get_slice('sample')[j, f].float()
-        else:
-            z = h.get_slice('mean')[j, f].float()
-            if self.sample: z = z + h.get_slice('std')[j, f].float() * torch.randn(z.shape, generator=g)
-        return z, int(self.labels[i])
-
-# %% ../nbs/00_data.ipynb #de5b1468
-def random_latent_shards(out, n: int = 64, num_classes: int = 10, latent_shape=(4, 32, 32), shard_size: int = 32,
-                         store: str = 'mean_std', dtype: str = 'float32', seed: int = 0) -> Path:
-    "Write `n` random latents (μ ~ N(0, 1), σ = 0.1, labels i mod `num_classes`) as shards + manifest in `out`."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    g, shards = torch.Generator().manual_seed(seed), []
-    for k, first in enumerate(range(0, n, shard_size)):
-        m = min(shard_size, n - first)
-        mean = torch.randn(m, 2, *latent_shape, generator=g).to(getattr(torch, dtype))
-        t = {'mean': mean, 'std': torch.full_like(mean, 0.1)} if store == 'mean_std' else {'sample': mean}
-        t['label'] = torch.arange(first, first + m) % num_classes
-        name = f'shard-{k:05d}.safetensors'
-        save_shard(out / name, t, {'count': m}); shards.append({'file': name, 'count': m})
-    save_json_atomic(out / 'manifest.json', latent_manifest(shards, [f'class{c}' for c in range(num_classes)],
-                     latent_shape, store, dtype, vae='random'))
-    return out
+def __getattr__(name):
+    "The ImageNet-folder and latent-shard names moved to `sddit.imagenet` (00a); `from sddit.data import …` still finds them."
+    if name in _MOVED_TO_IMAGENET:
+        from sddit import imagenet
+        return getattr(imagenet, name)
+    raise AttributeError(f"module 'sddit.data' has no attribute {name!r}")

@@ -97,7 +97,7 @@ def test_interrupt_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 # --- latent shards, the ImageNet presets, precision, evaluation (issue 5 and issue 4's trainer hook) ---
 
-from sddit.data import random_latent_shards
+from sddit.imagenet import random_latent_shards
 from sddit.train import main, train, TrainConfig
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sddit.data import LatentShards, hflip, load_image
+from sddit.imagenet import LatentShards, hflip, load_image
 from sddit.latents import SCALE, SD_VAE_FT_EMA_CONFIG, main, random_vae
 
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}

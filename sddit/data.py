@@ -85,7 +85,7 @@ _MOVED_TO_IMAGENET = ('IMG_EXTENSIONS', 'adm_center_crop', 'to_tensor', 'hflip',
                       'latent_manifest', 'LatentShards', 'random_latent_shards')
 
 def __getattr__(name):
-    "The ImageNet-folder and latent-shard names moved to `sddit.imagenet` (00a); `from sddit.data import …` still finds them."
+    "The ImageNet-folder and latent-shard names live in `sddit.imagenet` (00a); old imports from here still find them."
     if name in _MOVED_TO_IMAGENET:
         from sddit import imagenet
         return getattr(imagenet, name)

@@ -132,9 +132,10 @@ def notebook_paths(names=(), outputs_only: bool = False) -> list[Path]:
                 if (l.outputs or not outputs_only) and (nbs / f'{l.nb}.ipynb').is_file()]
     out = []
     for n in names:
-        for p in (Path(n), Path(f'{n}.ipynb'), nbs.parent / n, nbs / n, nbs / f'{n}.ipynb'):
-            if p.suffix == '.ipynb' and p.is_file(): out.append(p); break
-        else: raise FileNotFoundError(f'no notebook {n!r}: give a path or a name in {nbs}, such as 01_edm')
+        tries = (Path(n), Path(f'{n}.ipynb'), nbs.parent / n, nbs / n, nbs / f'{n}.ipynb')
+        found = next((p for p in tries if p.suffix == '.ipynb' and p.is_file()), None)
+        if found is None: raise FileNotFoundError(f'no notebook {n!r}: give a path or a name in {nbs}, such as 01_edm')
+        out.append(found)
     return out
 
 # %% ../nbs/14_course.ipynb #78d7ec3e

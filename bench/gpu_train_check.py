@@ -46,7 +46,7 @@ def main():
     if cuda and not torch.cuda.is_available(): sys.exit('no CUDA GPU visible: this check is for a GPU machine')
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     name_of_device = torch.cuda.get_device_name() if cuda else 'CPU (dry run)'
-    from sddit.data import random_latent_shards
+    from sddit.imagenet import random_latent_shards
     from sddit.train import TrainConfig, train
 
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ class DINOLoss(nn.Module):
         self.register_buffer('center_patch', torch.zeros(out_dim))
 
     def forward(self, student_head: DINOHead, s_cls, s_tokens, teacher_head: DINOHead, t_cls, t_tokens, step: int = 0) -> dict:
-        "s_cls/t_cls: N×D; s_tokens/t_tokens: N×K×D at the same (visible) positions. Returns L_D and statistics."
+        "s_cls/t_cls: N×D; s_tokens/t_tokens: N×n_vis×D at the same (visible) positions. Returns L_D and statistics."
         tau_t = teacher_temp(step, self.warmup_steps, self.tau_t, self.tau_t_warmup)
         w_s, out = student_head.prototypes(), {}
         with torch.no_grad():

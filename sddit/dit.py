@@ -181,7 +181,7 @@ def run_blocks(blocks, h, c, grad_checkpoint: bool = False):
     return h
 
 class EncoderOut(NamedTuple):
-    "What the encoder hands on: `h` N×(1+K)×D tokens ([CLS] first if any), `c` N×D conditioning, `x_tok` N×L×D embedded patches."
+    "What the encoder hands on: `h` N×(1+n_vis)×D tokens ([CLS] first if any), `c` N×D conditioning, `x_tok` N×L×D embedded patches."
     h: torch.Tensor
     c: torch.Tensor
     x_tok: torch.Tensor

@@ -11,18 +11,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data import (find_images, load_image, hflip, save_shard, read_shard_meta, latent_manifest,
-                        save_json_atomic)
+from .imagenet import (find_images, load_image, hflip, save_shard, read_shard_meta, latent_manifest,
+                            save_json_atomic, LATENT_SCALE)
 from .runtime import SdditError, Procs, cli
 
 # %% auto #0
-__all__ = ['SCALE', 'SD_VAE_FT_EMA_CONFIG', 'STORES', 'DTYPES', 'LatentsError', 'random_vae', 'load_vae', 'encode_pairs',
-           'shard_name', 'EncodingPlan', 'encode_shards', 'write_manifest', 'encode_folder', 'parse_args',
-           'run_latents', 'main']
+__all__ = ['SD_VAE_FT_EMA_CONFIG', 'STORES', 'DTYPES', 'LatentsError', 'random_vae', 'load_vae', 'encode_pairs', 'shard_name',
+           'EncodingPlan', 'encode_shards', 'write_manifest', 'encode_folder', 'parse_args', 'run_latents', 'main']
 
 # %% ../nbs/10_latents.ipynb #655317c4
-SCALE = 0.18215   # LDM's scale factor of the SD VAE latents
-
 SD_VAE_FT_EMA_CONFIG = dict(  # config.json of stabilityai/sd-vae-ft-ema (diffusers AutoencoderKL)
     in_channels=3, out_channels=3, latent_channels=4, sample_size=256, act_fn='silu',
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
@@ -72,7 +69,7 @@ def load_vae(name: str):
     return vae.eval().requires_grad_(False)
 
 @torch.no_grad()
-def encode_pairs(vae, x: torch.Tensor, scale: float = SCALE):
+def encode_pairs(vae, x: torch.Tensor, scale: float = LATENT_SCALE):
     "Posterior of images `x` (B×3×H×W in [−1, 1]) and of their mirrors: (s·μ, s·σ), each B×2×C×h×w (index 1: mirror)."
     p = next(vae.parameters())
     d = vae.encode(torch.cat([x, hflip(x)]).to(p.device, p.dtype)).latent_dist
@@ -89,7 +86,7 @@ def _sha1(lines) -> str: return hashlib.sha1('\n'.join(lines).encode()).hexdiges
 class EncodingPlan:
     "What to encode where: the sorted images of `images`, cut into shards of `shard_size`, with each shard's fingerprint."
     def __init__(self, images, out, vae_name: str, *, shard_size: int = 10_000, image_size: int = 256,
-                 store: str = 'mean_std', dtype: str = 'float32', seed: int = 0, scale: float = SCALE):
+                 store: str = 'mean_std', dtype: str = 'float32', seed: int = 0, scale: float = LATENT_SCALE):
         if store not in STORES: raise LatentsError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
         if dtype not in DTYPES: raise LatentsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         for k, v in dict(shard_size=shard_size, image_size=image_size).items():

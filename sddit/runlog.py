@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .data import show_images
+from .imagenet import LATENT_SCALE
 from .sampler import generate
 
 # %% auto #0
@@ -154,7 +155,7 @@ def latent_preview(z: torch.Tensor) -> torch.Tensor:
     return z / z.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 def save_samples(model, path: Path, num_classes: int, per_class: int = 10, steps: int = 40, cfg_scale: float = 1.0,
-                 seed: int = 0, title: str | None = None, vae=None, scale: float = 0.18215):
+                 seed: int = 0, title: str | None = None, vae=None, scale: float = LATENT_SCALE):
     "A grid of class-conditional samples, a row per class, from `model` (an `EDMPrecond`); latents decoded by `vae`."
     import matplotlib.pyplot as plt
     labels = grid_labels(num_classes, per_class)

@@ -13,15 +13,13 @@ import torch.distributed as dist
 
 from .sampler import heun_sample, guided_denoiser
 from .runtime import SdditError, Procs, cli
+from .imagenet import LATENT_SCALE
 
 # %% auto #0
-__all__ = ['LATENT_SCALE', 'DEFAULT_VAE', 'SampleError', 'sample_labels', 'sample_noise', 'decode_latents', 'sample_batch',
-           'to_uint8_hwc', 'image_shape', 'sample_images', 'save_npz', 'save_grid', 'parse_args', 'write', 'run_sample',
-           'main']
+__all__ = ['DEFAULT_VAE', 'SampleError', 'sample_labels', 'sample_noise', 'decode_latents', 'sample_batch', 'to_uint8_hwc',
+           'image_shape', 'sample_images', 'save_npz', 'save_grid', 'parse_args', 'write', 'run_sample', 'main']
 
 # %% ../nbs/07a_sample.ipynb #2963b363
-LATENT_SCALE = 0.18215   # LDM's scale factor of SD VAE latents (DESIGN: z = 0.18215 · sample)
-
 class SampleError(SdditError):
     "A bad setting of the sampler: the command line prints it as one line and exits with code 2."
 

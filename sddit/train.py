@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import load_digits_tensors, batch_indices, LatentShards
+from .data import load_digits_tensors, batch_indices
+from .imagenet import LatentShards, LATENT_SCALE
 from .edm import EDMPrecond
 from .dit import SDDiT, DiTConfig
 from .losses import LossConfig, training_losses
@@ -388,7 +389,7 @@ def samples(run: Run, p: Parts, path: Path, title: str):
     "A sample grid of the EMA model, a row per class."
     lg = run.tc.log
     save_samples(p.ema, path, run.ncfg.num_classes, steps=lg.sample_steps, cfg_scale=lg.cfg_scale, seed=run.tc.run.seed,
-                 title=title, vae=run.vae, scale=run.data.info.get('scale') or 0.18215)
+                 title=title, vae=run.vae, scale=run.data.info.get('scale') or LATENT_SCALE)
 
 # %% ../nbs/09_train.ipynb #8cd32f39
 def train(tc: TrainConfig, quiet: bool = False) -> Path:

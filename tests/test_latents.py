@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sddit.data import LatentShards, hflip, load_image
-from sddit.latents import SCALE, SD_VAE_FT_EMA_CONFIG, main, random_vae
+from sddit.imagenet import LatentShards, hflip, load_image
+from sddit.imagenet import LATENT_SCALE as SCALE
+from sddit.latents import SD_VAE_FT_EMA_CONFIG, main, random_vae
 
 from conftest import run_module
 

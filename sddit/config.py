@@ -15,8 +15,8 @@ from .dit import DiTConfig, model_config, MODEL_PRESETS
 from .losses import LossConfig, METHODS, DEFAULT_MASK_RATIO
 
 # %% auto #0
-__all__ = ['GROUPS', 'TRAIN_PRESETS', 'ConfigError', 'setting', 'DataConfig', 'NetConfig', 'RecipeConfig', 'RunConfig',
-           'LogConfig', 'TrainConfig', 'net_config', 'loss_config', 'check_run', 'check_log', 'check_data',
+__all__ = ['GROUPS', 'TRAIN_PRESETS', 'PAPER', 'RECIPES', 'ConfigError', 'setting', 'DataConfig', 'NetConfig', 'RecipeConfig',
+           'RunConfig', 'LogConfig', 'TrainConfig', 'net_config', 'loss_config', 'check_run', 'check_log', 'check_data',
            'resolve_config', 'add_settings', 'parse_args']
 
 # %% ../nbs/09b_config.ipynb #9ee5b785
@@ -40,15 +40,25 @@ class NetConfig:
     patch_size: int | None = setting(None, "override the model preset's patch size")
     cls_init: str = setting('learned', "[CLS] at the encoder's input: learned (the paper) or pooled (+ mean visible patch)")
     attention: str = setting('sdpa', 'attention kernel: sdpa (scaled_dot_product_attention) or math (written out)')
+    decoder_interface: str | None = setting(None, "encoder→decoder: none (the paper's reading) or maskdit "
+                                                  "(LayerNorm + adaLN + zero-initialised Linear, position added once)")
+    cls_to_decoder: bool | None = setting(None, "the encoder's [CLS] joins the decoder's tokens (MaskDiT's direct_cls_token)")
 
 @dataclass
 class RecipeConfig:
     "What one training step computes: the method, its mask, and SD-DiT's discrimination half."
     method: str = setting('sddit', f"{', '.join(METHODS)}")
+    recipe: str = setting('default', "a named set of the switches below: default (this kit's, chosen by the digits "
+                                     "sweep) or paper (the paper's reading, bit for bit the earlier trainer)")
     mask_ratio: float | None = setting(None, 'fraction of patches hidden from the encoder, in [0, 1) '
                                              '(default: 0.2 sddit, 0.5 maskdit, 0 dit)')
     no_disc: bool = setting(False, 'SD-DiT without L_D and the teacher (Table 3)')
     teacher_sigma: str = setting('min', "the teacher's noise: min (σ_T = 0.002), a value, or same (drawn like σ_S)")
+    teacher_label: str | None = setting(None, "the teacher's class: student (the student's label) or null (none)")
+    teacher_momentum_start: float | None = setting(None, "the teacher's EMA momentum β at step 0 (cosine to the end value)")
+    teacher_momentum_end: float | None = setting(None, "the teacher's EMA momentum β at the last step")
+    center_head: bool | None = setting(None, "centre the head's input over the global batch ([CLS] and patches apart; "
+                                             "iBOT's centring batch norm)")
     student_sigma_max: float | None = setting(None, "cap the student's σ at this value (a probe; changes L_G too)")
     head_out_dim: int | None = setting(None, "K, the projection head's prototypes")
     head_hidden_dim: int | None = setting(None, "width of the projection head's MLP")
@@ -65,7 +75,8 @@ class RunConfig:
     steps: int | None = setting(None, 'training steps')
     batch_size: int | None = setting(None, 'the global batch (= per-process micro-batch × processes × --accum)')
     accum: int = setting(1, 'gradient accumulation steps per process')
-    lr: float | None = setting(None, 'AdamW learning rate (constant, no weight decay)')
+    lr: float | None = setting(None, 'AdamW learning rate (constant after the warm-up, no weight decay)')
+    lr_warmup: int | None = setting(None, 'steps of linear learning-rate warm-up from 0 (DINO, iBOT)')
     adamw: str = setting('fused', 'AdamW kernel: fused (one kernel for all tensors, where PyTorch has it) or foreach')
     ema_decay: float | None = setting(None, 'EMA decay of the weights used for sampling')
     seed: int = setting(0, 'seed of the weights, the data order and every random draw')
@@ -128,11 +139,20 @@ TRAIN_PRESETS = {
     'imagenet256-xl': dict(_IMAGENET, model='DiT-XL/2', steps=2_400_000),
 }
 
+# %% ../nbs/09b_config.ipynb #a068a47e
+PAPER = dict(center_head=False, teacher_label='student', lr_warmup=0, teacher_momentum_start=0.996,
+             teacher_momentum_end=0.999, decoder_interface='none', cls_to_decoder=False)
+RECIPES = {
+    'paper': PAPER,
+    'default': dict(center_head=True, teacher_label='null'),
+}
+
 # %% ../nbs/09b_config.ipynb #ca63e5a7
 def net_config(tc: TrainConfig, num_classes: int | None = None) -> DiTConfig:
     "The network shape of a resolved run (`num_classes`: from the data, else the model preset's)."
     n = tc.net
-    over = dict(cls_init=n.cls_init, attention=n.attention)
+    over = dict(cls_init=n.cls_init, attention=n.attention, decoder_interface=n.decoder_interface,
+                cls_to_decoder=n.cls_to_decoder and tc.recipe.method == 'sddit')
     if n.patch_size is not None: over['patch_size'] = n.patch_size
     if num_classes is not None: over['num_classes'] = num_classes
     return model_config(n.model, tc.recipe.method, **over)
@@ -141,7 +161,7 @@ def loss_config(tc: TrainConfig, num_classes: int) -> LossConfig:
     "What one step computes, for a resolved run."
     r = tc.recipe
     return LossConfig(method=r.method, mask_ratio=r.mask_ratio, num_classes=num_classes, disc=not r.no_disc,
-                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max)
+                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max, teacher_label=r.teacher_label)
 
 def _positive(group, names, zero_ok: bool = False):
     for k in names:
@@ -198,9 +218,12 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
         raise ConfigError(f"unknown preset {tc.preset!r}: choose one of {', '.join(TRAIN_PRESETS)} with --preset")
     if tc.recipe.method not in METHODS:
         raise ConfigError(f"unknown method {tc.recipe.method!r}: choose one of {', '.join(METHODS)} with --method")
+    if tc.recipe.recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {tc.recipe.recipe!r}: choose one of {', '.join(RECIPES)} with --recipe")
     flat = tc.flat()
-    for k, v in TRAIN_PRESETS[tc.preset].items():
-        if flat[k] is None: flat[k] = v
+    for source in (RECIPES[tc.recipe.recipe], TRAIN_PRESETS[tc.preset], PAPER):   # a flag, else the recipe, …
+        for k, v in source.items():
+            if flat[k] is None: flat[k] = v
     if flat['mask_ratio'] is None: flat['mask_ratio'] = DEFAULT_MASK_RATIO[flat['method']]
     if flat['workers'] is None: flat['workers'] = 0 if flat['data'] == 'digits' else min(4, os.cpu_count() or 1)
     tc = TrainConfig(**flat)
@@ -210,6 +233,9 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
     if r.method != 'sddit' and (r.no_disc or r.teacher_sigma != 'min'):
         raise ConfigError(f"--no-disc and --teacher-sigma apply to --method sddit only, got --method {r.method}")
     if r.distill_chunk < 0: raise ConfigError(f"--distill-chunk must be 0 or positive, got {r.distill_chunk}")
+    for k in ('teacher_momentum_start', 'teacher_momentum_end'):
+        if not 0 <= getattr(r, k) <= 1: raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {getattr(r, k)}")
+    if tc.run.lr_warmup < 0: raise ConfigError(f"--lr-warmup must be 0 or a positive integer, got {tc.run.lr_warmup}")
     check_run(tc.run)
     check_log(tc.log)
     try: net_config(tc)                                                 # patch size, [CLS], attention
@@ -227,7 +253,9 @@ def add_settings(parser: argparse.ArgumentParser, groups: dict = GROUPS):
         for f in fields(cls):
             flag, kind = '--' + f.name.replace('_', '-'), f.type.split(' | ')[0]
             shown = '' if f.default is None else f' (default {f.default})'
-            if kind == 'bool':
+            if kind == 'bool' and f.default is None:                  # a switch the recipe sets: --x or --no-x
+                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata['help'])
+            elif kind == 'bool':
                 assert f.default is False, f'{f.name}: a flag can only switch a setting on'
                 g.add_argument(flag, action='store_true', default=None, help=f.metadata['help'])
             else: g.add_argument(flag, type=_TYPES[kind], default=None, help=f.metadata['help'] + shown)

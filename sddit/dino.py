@@ -11,14 +11,27 @@ from torch import nn
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['DINOHead', 'entropy', 'teacher_temp', 'teacher_probs', 'update_center', 'distill_ce', 'chunked_distill_ce',
-           'plain_distill_ce', 'DINOLoss']
+__all__ = ['center_batch', 'DINOHead', 'entropy', 'teacher_temp', 'teacher_probs', 'update_center', 'distill_ce',
+           'chunked_distill_ce', 'plain_distill_ce', 'DINOLoss']
+
+# %% ../nbs/04_dino.ipynb #1c1b03e6
+def center_batch(x: torch.Tensor) -> torch.Tensor:
+    "x minus the mean of all its tokens (every dimension but the last), over every process when distributed."
+    flat = x.reshape(-1, x.shape[-1])
+    total, count = flat.sum(0), torch.tensor(float(flat.shape[0]), device=x.device)
+    if dist.is_available() and dist.is_initialized():
+        from torch.distributed.nn.functional import all_reduce       # differentiable: gradients flow across processes
+        total = all_reduce(total)
+        dist.all_reduce(count)
+    return x - (total / count).to(x.dtype)
 
 # %% ../nbs/04_dino.ipynb #042df7df
 class DINOHead(nn.Module):
     "j_θ: LayerNorm, 3-layer MLP to a `bottleneck_dim` unit vector, then K weight-normalised prototypes (g ≡ 1)."
-    def __init__(self, in_dim: int, out_dim: int = 8192, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int = 8192, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 center: bool = False):
         super().__init__()
+        self.center = center                                        # subtract the batch's mean token first (iBOT)
         self.norm = nn.LayerNorm(in_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
                                  nn.Linear(hidden_dim, bottleneck_dim))
@@ -36,7 +49,8 @@ class DINOHead(nn.Module):
     @property
     def out_dim(self): return self.last_layer.parametrizations.weight.original1.shape[0]
     def project(self, x):
-        "Encoder tokens → unit vectors in the bottleneck (…×bottleneck_dim)."
+        "Encoder tokens → unit vectors in the bottleneck (…×bottleneck_dim); centred over the batch first if `center`."
+        if self.center: x = center_batch(x)
         return F.normalize(self.mlp(self.norm(x)), dim=-1)
     def prototypes(self):
         "The K unit-norm prototypes (K×bottleneck_dim): the weight-normalised last layer."

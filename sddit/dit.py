@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'drop_labels', 'sincos_pos_embed_1d',
            'sincos_pos_embed_2d', 'modulate', 'math_attention', 'Attention', 'DiTBlock', 'FinalLayer', 'DiTConfig',
-           'model_config', 'run_blocks', 'EncoderOut', 'DiTEncoder', 'DiTDecoder', 'SDDiT', 'block_macs',
-           'forward_macs']
+           'model_config', 'run_blocks', 'EncoderOut', 'DiTEncoder', 'DecoderInterface', 'DiTDecoder', 'SDDiT',
+           'block_macs', 'forward_macs']
 
 # %% ../nbs/03_dit.ipynb #8de2ce3a
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.) -> torch.Tensor:
@@ -130,6 +130,8 @@ class DiTConfig:
     cls_init: str = 'learned'            # 'pooled': [CLS] + the mean visible patch embedding (a probe)
     mask_token: bool = False             # MaskDiT: invisible positions get a learned token, not the noised patch
     attention: str = 'sdpa'              # 'math': attention written out instead of the fused kernel
+    decoder_interface: str = 'none'      # 'maskdit': LayerNorm + adaLN + zero-initialised Linear before the decoder
+    cls_to_decoder: bool = False         # the encoder's [CLS] joins the decoder's tokens (MaskDiT's direct_cls_token)
 
     def __post_init__(self):
         if self.input_size % self.patch_size:
@@ -139,6 +141,10 @@ class DiTConfig:
             raise ValueError(f"cls_init must be 'learned' or 'pooled', got {self.cls_init!r}")
         if self.attention not in ('sdpa', 'math'):
             raise ValueError(f"attention must be 'sdpa' or 'math', got {self.attention!r}")
+        if self.decoder_interface not in ('none', 'maskdit'):
+            raise ValueError(f"decoder_interface must be 'none' or 'maskdit', got {self.decoder_interface!r}")
+        if self.cls_to_decoder and not (self.cls_token and self.decoder_depth):
+            raise ValueError("cls_to_decoder needs a [CLS] token and a decoder (--method sddit)")
 
     @classmethod
     def from_dict(cls, d: dict) -> DiTConfig:
@@ -181,10 +187,11 @@ def run_blocks(blocks, h, c, grad_checkpoint: bool = False):
     return h
 
 class EncoderOut(NamedTuple):
-    "What the encoder hands on: `h` N×(1+n_vis)×D tokens ([CLS] first if any), `c` N×D conditioning, `x_tok` N×L×D embedded patches."
+    "The encoder's `h` N×(1+n_vis)×D tokens ([CLS] first if any), `c` N×D conditioning, the N×L×D embedded patches."
     h: torch.Tensor
     c: torch.Tensor
-    x_tok: torch.Tensor
+    x_tok: torch.Tensor              # patch embeddings + positions (what the encoder's blocks start from)
+    x_emb: torch.Tensor              # patch embeddings alone
 
 class DiTEncoder(nn.Module):
     "Patch/time/label embedders, [CLS], positions and DiT blocks over the visible tokens."
@@ -212,7 +219,8 @@ class DiTEncoder(nn.Module):
         return c
 
     def forward(self, x_in, c_noise, y=None, ids_keep: torch.Tensor | None = None) -> EncoderOut:
-        x_tok = self.x_embedder(patchify(x_in, self.cfg.patch_size)) + self.pos_embed.to(x_in.dtype)
+        x_emb = self.x_embedder(patchify(x_in, self.cfg.patch_size))
+        x_tok = x_emb + self.pos_embed.to(x_in.dtype)
         h = x_tok if ids_keep is None else gather_tokens(x_tok, ids_keep)
         if self.cls_token is not None:
             cls = self.cls_token.expand(h.shape[0], -1, -1).to(h.dtype)
@@ -220,16 +228,32 @@ class DiTEncoder(nn.Module):
             h = torch.cat([cls, h], 1)
         c = self.condition(c_noise, y)
         h = run_blocks(self.blocks, h, c, self.grad_checkpoint)
-        return EncoderOut(h, c, x_tok)
+        return EncoderOut(h, c, x_tok, x_emb)
 
 # %% ../nbs/03_dit.ipynb #c11059d4
+class DecoderInterface(nn.Module):
+    "MaskDiT's encoder→decoder layer: LayerNorm, adaLN shift and scale from c, a Linear to the decoder's width."
+    def __init__(self, dim: int, dec_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, dec_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
 class DiTDecoder(nn.Module):
     "8 DiT blocks over the complete token set H (visible encoder outputs + invisible noised patches)."
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D, Dd = cfg.hidden_size, cfg.dec_width
-        self.decoder_embed = nn.Linear(D, Dd) if Dd != D else nn.Identity()
-        self.register_buffer('pos_embed', sincos_pos_embed_2d(Dd, cfg.grid)[None], persistent=False)
+        self.interface, self.with_cls = cfg.decoder_interface, cfg.cls_to_decoder
+        if self.interface == 'maskdit': self.decoder_embed = DecoderInterface(D, Dd)
+        else: self.decoder_embed = nn.Linear(D, Dd) if Dd != D else nn.Identity()
+        pos = sincos_pos_embed_2d(Dd, cfg.grid)
+        if self.with_cls: pos = torch.cat([torch.zeros(1, Dd), pos])           # [CLS] has no position (MaskDiT)
+        self.register_buffer('pos_embed', pos[None], persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
         self.blocks = nn.ModuleList([DiTBlock(Dd, cfg.dec_heads, cfg.mlp_ratio, cond_dim=D, attention=cfg.attention)
                                      for _ in range(cfg.decoder_depth)])
@@ -241,9 +265,18 @@ class DiTDecoder(nn.Module):
         base = x_tok if self.mask_token is None else self.mask_token.to(visible.dtype).expand_as(x_tok)
         return insert_tokens(base.to(visible.dtype), visible, ids_keep)
 
-    def forward(self, visible, x_tok, c, ids_keep=None):
-        h = self.decoder_embed(self.complete_tokens(visible, x_tok, ids_keep)) + self.pos_embed.to(visible.dtype)
-        return run_blocks(self.blocks, h, c, self.grad_checkpoint)
+    def forward(self, visible, enc: EncoderOut, ids_keep=None):
+        "The decoder's tokens (with a leading [CLS] when `cls_to_decoder`)."
+        if self.interface == 'maskdit':                                 # re-inserted patches without their position
+            h = self.complete_tokens(visible, enc.x_emb, ids_keep)
+            if self.with_cls: h = torch.cat([enc.h[:, :1], h], 1)
+            h = self.decoder_embed(h, enc.c)
+        else:
+            h = self.complete_tokens(visible, enc.x_tok, ids_keep)
+            if self.with_cls: h = torch.cat([enc.h[:, :1], h], 1)
+            h = self.decoder_embed(h)
+        h = h + self.pos_embed.to(visible.dtype)                        # the position, once
+        return run_blocks(self.blocks, h, enc.c, self.grad_checkpoint)
 
 class SDDiT(nn.Module):
     "The student branch D_θ = decoder ∘ encoder (or a plain DiT when `decoder_depth = 0`); call as F(x_in, c_noise, y)."
@@ -275,15 +308,21 @@ class SDDiT(nn.Module):
         for p in (enc.cls_token, self.decoder.mask_token if self.decoder is not None else None):
             if p is not None: nn.init.normal_(p, std=0.02)
         blocks = list(enc.blocks) + (list(self.decoder.blocks) if self.decoder is not None else [])
-        for m in [b.adaLN_modulation[-1] for b in blocks] + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
-            nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
+        zero = [b.adaLN_modulation[-1] for b in blocks] + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        if self.decoder is not None and self.decoder.interface == 'maskdit':        # MaskDiT zeroes its DecoderLayer
+            zero += [self.decoder.decoder_embed.adaLN_modulation[-1], self.decoder.decoder_embed.linear]
+        for m in zero:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def forward(self, x_in, c_noise, y=None, mask: Mask | None = None, return_features: bool = False):
         "Predict F for every patch; `mask` hides tokens from the encoder; `return_features` also returns the encoder's tokens."
         cfg, ids_keep = self.cfg, (mask.ids_keep if mask is not None else None)
         enc = self.encoder(x_in, c_noise, y, ids_keep)
         visible = enc.h[:, self.encoder.n_extra:]
-        if self.decoder is not None: h = self.decoder(visible, enc.x_tok, enc.c, ids_keep)
+        if self.decoder is not None:
+            h = self.decoder(visible, enc, ids_keep)
+            if cfg.cls_to_decoder: h = h[:, 1:]                            # [CLS] helped the patches; it is not one
         elif ids_keep is not None and ids_keep.shape[1] < cfg.num_patches:
             raise ValueError("a plain DiT (decoder_depth=0) cannot take a mask: use mask_ratio 0 or a decoder")
         else: h = visible

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .edm import add_noise, sample_sigma, loss_weight, P_mean, P_std, sigma_data
-from .masking import random_mask, patchify, Mask
+from .masking import random_mask, patchify, Mask, num_visible
 from .dit import drop_labels
 from .teacher import teacher_view
 
@@ -51,6 +51,7 @@ class LossConfig:
     disc: bool = True                 # SD-DiT's L_D and teacher (--no-disc turns them off)
     teacher_sigma: str | float = 'min'   # 'min' (σ_T = 0.002), a value, or 'same' (drawn like σ_S)
     student_sigma_max: float | None = None   # cap σ_S (a probe: a student that always sees the digit clearly)
+    teacher_label: str = 'student'    # the teacher's class: the student's (dropped) label, or 'null' (unconditional)
     mae_weight: float = 0.1           # MaskDiT's auxiliary loss weight
 
     def __post_init__(self):
@@ -69,6 +70,13 @@ class LossConfig:
                                            f"{self.teacher_sigma!r}: pass --teacher-sigma min, same or a number like 0.5")
         if self.student_sigma_max is not None and not self.student_sigma_max > 0:
             raise ValueError(f"--student-sigma-max must be positive, got {self.student_sigma_max}")
+        if self.teacher_label not in ('student', 'null'):
+            raise ValueError(f"teacher label must be 'student' or 'null', got {self.teacher_label!r}: "
+                             f"pass --teacher-label student or null")
+
+    def mask_fraction(self, num_patches: int) -> float:
+        "The fraction of the `num_patches` tokens actually hidden: 1 − ⌊L(1 − r)⌋/L (r = 0.2 of 16 tokens hides 4)."
+        return 1 - num_visible(num_patches, self.mask_ratio) / num_patches
 
 # %% ../nbs/06_losses.ipynb #4a1085ba
 def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, cfg: LossConfig,
@@ -100,7 +108,9 @@ def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | 
     out.update(loss=L_G, L_G=L_G)
     if use_disc:
         x_t, sigma_t = teacher_view(x0, cfg.teacher_sigma, sigma, cfg.P_mean, cfg.P_std)
-        t_cls, t_tok = teacher(x_t, sigma_t, y, ids_keep=mask.ids_keep if mask is not None else None, sigma_data=cfg.sigma_data)
+        y_t = y if cfg.teacher_label == 'student' else None              # None: the null class
+        ids = mask.ids_keep if mask is not None else None
+        t_cls, t_tok = teacher(x_t, sigma_t, y_t, ids_keep=ids, sigma_data=cfg.sigma_data)
         d = dino(head, feats['cls'], feats['tokens'], teacher.head, t_cls, t_tok, step)
         out.update(loss=L_G + d['L_D'], L_D=d['L_D'], L_D_cls=d['L_D_cls'], L_D_patch=d['L_D_patch'],
                    entropy_cls=d['entropy_cls'], entropy_patch=d['entropy_patch'],

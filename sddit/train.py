@@ -27,7 +27,7 @@ from .runtime import Procs, StopRequest, autocast, set_precision, cli, dist_env
 
 # %% auto #0
 __all__ = ['micro_batch_size', 'micro_seed', 'TrainData', 'open_data', 'check_data_shape', 'StepBatches', 'step_batches',
-           'ema_update', 'ema_decay_at', 'adamw_step', 'make_optimizer', 'Student', 'Parts', 'build_parts',
+           'ema_update', 'ema_decay_at', 'lr_at', 'adamw_step', 'make_optimizer', 'Student', 'Parts', 'build_parts',
            'compile_parts', 'load_state', 'load_run', 'logged_keys', 'train_step', 'Run', 'checkpoint_compatible',
            'open_run', 'start', 'save_state', 'BadRun', 'stop_agreed', 'evaluate_ema', 'log_row', 'samples', 'train',
            'finish', 'main']
@@ -129,6 +129,10 @@ def ema_decay_at(step: int, decay: float) -> float:
     "EMA decay with warm-up: min(decay, (1 + step)/(10 + step))."
     return min(decay, (1 + step) / (10 + step))
 
+def lr_at(step: int, lr: float, warmup: int = 0) -> float:
+    "The learning rate of step `step`: linear warm-up from 0 over `warmup` steps (DINO, iBOT), then constant."
+    return lr if step >= warmup else lr * (step + 1) / warmup
+
 def adamw_step(opt: torch.optim.Optimizer, bad: torch.Tensor):
     "`opt.step()` unless the 0-dim `bad` is set. Fused AdamW decides on the device (no sync); others ask the host."
     if all(g.get('fused') for g in opt.param_groups):
@@ -177,7 +181,8 @@ def build_parts(tc: TrainConfig, ncfg: DiTConfig, lcfg: LossConfig, device) -> P
     head = teacher = dino = None
     params = list(model.parameters())
     if lcfg.disc:                                                       # SD-DiT's discrimination half
-        head = DINOHead(ncfg.hidden_size, r.head_out_dim, r.head_hidden_dim, r.head_bottleneck_dim).to(device)
+        head = DINOHead(ncfg.hidden_size, r.head_out_dim, r.head_hidden_dim, r.head_bottleneck_dim,
+                        center=r.center_head).to(device)
         teacher = Teacher(model.net.encoder, head)
         dino = DINOLoss(r.head_out_dim, tau_t=r.tau_t, tau_t_warmup=r.tau_t_start, chunk=r.distill_chunk,
                         warmup_steps=int(r.tau_t_warmup_frac * run.steps)).to(device)
@@ -251,9 +256,12 @@ def train_step(p: Parts, x, y, step: int, run: RunConfig, recipe: RecipeConfig, 
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         bad = bad > 0
     ok = ~bad
+    for g in p.opt.param_groups: g['lr'] = lr_at(step, run.lr, run.lr_warmup)
     adamw_step(p.opt, bad)
     ema_update(p.ema, p.model, ema_decay_at(step, run.ema_decay), ok)
-    if p.teacher is not None: p.teacher.update(p.model.net.encoder, p.head, teacher_momentum(step, run.steps), ok)
+    if p.teacher is not None:
+        beta = teacher_momentum(step, run.steps, recipe.teacher_momentum_start, recipe.teacher_momentum_end)
+        p.teacher.update(p.model.net.encoder, p.head, beta, ok)
     for b, b0, acc in zip(centres, c0, c_avg): b.copy_(torch.where(ok, acc, b0))   # one centre update per global batch
     return vals, bad, out
 
@@ -307,6 +315,7 @@ def open_run(tc: TrainConfig, quiet: bool = False) -> Run:
         from sddit.latents import load_vae
         vae = load_vae(tc.log.vae).to(procs.device)
     record = dict(train=tc.flat(), model=asdict(ncfg), loss=asdict(lcfg), data=data.info,
+                  mask_fraction=lcfg.mask_fraction(ncfg.num_patches),
                   procs=dict(world_size=procs.world, micro_batch=micro, accum=tc.run.accum), torch=str(torch.__version__))
     unreadable = []
     warn = (lambda m: print(m, file=sys.stderr)) if procs.main else None
@@ -370,11 +379,14 @@ def stop_agreed(stop: StopRequest, step: int, due: bool, procs: Procs) -> bool:
     return bool(flag.item())
 
 def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0) -> dict:
-    "Digits-FID and class accuracy of class-conditional samples from the EMA model (`08_metrics`)."
+    "Digits-FID and class accuracy of samples from the EMA model (`08_metrics`), and the probe of its encoder (`08b`)."
     from sddit.metrics import evaluate_digits
+    from sddit.probe import probe_encoder
+    t0 = time.time()
     r = evaluate_digits(ema, n_per_class=log.eval_per_class, steps=log.eval_steps, cfg_scale=log.cfg_scale, seed=seed,
                         metrics=('fid',), threads=None)               # the trainer's threads: 2× faster on 2 cores
-    return dict(fid=r['fid'], class_acc=r['class_acc'], eval_s=r.get('eval_s'))
+    probe = {f'probe_{k.split("@")[0]}': v for k, v in probe_encoder(ema.net.encoder, sigmas=(0.002,)).items()}
+    return dict(fid=r['fid'], class_acc=r['class_acc'], **probe, eval_s=round(time.time() - t0, 3))
 
 def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
     "Add the evaluation (when due) to `row` and write it; rank 0 only."
@@ -402,7 +414,7 @@ def train(tc: TrainConfig, quiet: bool = False) -> Path:
     logged = logged_keys(run.lcfg)
     meter = StepMeter(logged, procs.device)
     last_good, saved_at = run.ckpt, (step if run.ckpt is not None else None)
-    t_start, stop_name, run_len = time.time(), None, 0
+    t_start, stop_name, run_len, t_aside = time.time(), None, 0, 0.0     # t_aside: evaluations and sample grids
     bar = tqdm(total=rn.steps, initial=step, desc=f'{tc.recipe.method} {tc.preset}', unit='step', dynamic_ncols=True,
                disable=quiet or not procs.main)
     batches = step_batches(run.data, rn.batch_size, rn.steps, step, procs.device, rn.seed, procs.rank, procs.world,
@@ -421,18 +433,26 @@ def train(tc: TrainConfig, quiet: bool = False) -> Path:
                 if due_log or due_ckpt: sums, run_len, n_bad = meter.read(procs.world)   # the only host sync
                 if due_log:
                     row = meter.row(step, sums, n_bad)
-                    row.update(skipped=skipped + n_bad, lr=rn.lr, time=round(time.time() - t_start, 3), steps_per_s=meter.speed())
+                    now = time.time()
+                    row.update(skipped=skipped + n_bad, lr=lr_at(step - 1, rn.lr, rn.lr_warmup), time=round(now - t_start, 3),
+                               train_time=round(now - t_start - t_aside, 3), steps_per_s=meter.speed(),
+                               mask_fraction=run.record['mask_fraction'])
                     if run.lcfg.disc:
-                        row.update(tau_t=out['tau_t'], teacher_momentum=teacher_momentum(step - 1, rn.steps),
-                                   log_K=math.log(tc.recipe.head_out_dim))
+                        r = tc.recipe
+                        beta = teacher_momentum(step - 1, rn.steps, r.teacher_momentum_start, r.teacher_momentum_end)
+                        row.update(tau_t=out['tau_t'], teacher_momentum=beta, log_K=math.log(r.head_out_dim))
                     skipped += n_bad
                     if n_bad and procs.main and not quiet:
                         print(f'\nstep {step}: {n_bad} step(s) with a non-finite loss skipped ({skipped} in all)')
+                    t0 = time.time()
                     log_row(run, p, log, row, due_eval)
+                    t_aside += time.time() - t0
                     bar.set_postfix({k: f'{row[k]:.4g}' for k in ('loss', 'L_D', 'fid') if k in row})
                     meter.reset()
                 if lg.sample_every and step % lg.sample_every == 0 and step < rn.steps and procs.main:
+                    t0 = time.time()
                     samples(run, p, run.out / 'samples' / f'step{step:07d}.png', f'step {step}')
+                    t_aside += time.time() - t0
                 if due_ckpt and run_len == 0:
                     if procs.main: last_good = save_state(run, p, step, skipped, protect=last_good)
                     saved_at = step

@@ -25,8 +25,8 @@ PLANTED = {'01_edm.ipynb': ('edm-sigma', '* P_std + P_mean).exp()', '* P_mean + 
                                 'return insert_tokens(torch.zeros_like(x_tok), visible, ids_keep)'),      # a zero "mask token"
            '04_dino.ipynb': ('dino-loss', 'return ((t_logits.detach().float() - center) / tau_t).softmax(dim=-1)',
                              'return (t_logits.detach().float() / tau_t).softmax(dim=-1)'),             # no centering
-           '05_teacher.ipynb': ('teacher-ema', 'torch._foreach_lerp_(t_params, s_params, 1 - momentum)',
-                                'torch._foreach_lerp_(t_params, s_params, momentum)'),                  # β and 1 − β swapped
+           '05_teacher.ipynb': ('teacher-ema', 'torch._foreach_lerp_(dst, src, w)',
+                                'torch._foreach_lerp_(dst, src, 0.5)'),                                 # w ignored
            '07_sampler.ipynb': ('sampler-cfg', 'return d_uncond + cfg_scale * (d_cond - d_uncond)',
                                 'return d_cond + cfg_scale * (d_cond - d_uncond)')}                         # wrong base
 POINTS = {'edm-noising': 1, 'edm-sigma': 1, 'edm-precond': 2, 'mask-gather-restore': 1, 'mask-reinsert': 1,

@@ -214,8 +214,10 @@ class DiTDecoder(nn.Module):
     def complete_tokens(self, visible, x_tok, ids_keep):
         "H: `visible` encoder outputs written over the embedded patches `x_tok` (or over mask tokens, MaskDiT)."
         if ids_keep is None: return visible
+        ### BEGIN SOLUTION
         base = x_tok if self.mask_token is None else self.mask_token.to(visible.dtype).expand_as(x_tok)
         return insert_tokens(base.to(visible.dtype), visible, ids_keep)
+        ### END SOLUTION
 
     def forward(self, visible, x_tok, c, ids_keep=None):
         h = self.decoder_embed(self.complete_tokens(visible, x_tok, ids_keep)) + self.pos_embed.to(visible.dtype)

@@ -21,8 +21,8 @@ __all__ = ['BEGIN_SOLUTION', 'END_SOLUTION', 'BEGIN_HIDDEN', 'END_HIDDEN', 'STUB
            'read_notebook', 'find_exercises', 'Written', 'find_written', 'default_source', 'notebooks_with_exercises',
            'default_exp', 'defined_names', 'rewrite_imports', 'student_copy', 'fill_answers', 'make', 'kernel_env',
            'execute_cells', 'import_bindings', 'wrap_check', 'solution_imports', 'find_reference', 'student_id',
-           'grade_notebook', 'collect_submissions', 'grade', 'format_report', 'gradebook_rows', 'write_gradebook',
-           'feedback_text', 'write_feedback', 'plot_report', 'self_check', 'main']
+           'grade_notebook', 'collect_submissions', 'grade', 'to_grade', 'format_report', 'gradebook_rows',
+           'write_gradebook', 'feedback_text', 'write_feedback', 'plot_report', 'self_check', 'main']
 
 # %% ../nbs/15_assign.ipynb #2a3bfc4e
 BEGIN_SOLUTION, END_SOLUTION = '### BEGIN SOLUTION', '### END SOLUTION'
@@ -866,13 +866,18 @@ FLAG_TEXT = {'solution-import': "imports the lesson's reference answers from the
              'no-reference': 'graded with its own visible checks only (no reference notebook)',
              'manual-grading': 'has written answers to grade by hand'}
 
+def to_grade(entries) -> tuple:
+    "(answers, points): the written answers waiting to be graded by hand in `entries`, and the points they carry."
+    xs = [x for e in entries for x in e['exercises'] if x['status'] == 'needs manual grading']
+    return len(xs), sum(x['max_points'] for x in xs)
+
 def format_report(report: dict) -> str:
     "The grade report as text: one block per notebook, one line per exercise, its flags and warnings."
     out = []
     for e in report['notebooks']:
         ref = (f"checks of {e['reference']}" + (' incl. hidden' if e['hidden_checks'] else '') if e['reference']
                else 'its own checks')
-        manual = f" + {e['manual_max']} by hand" if e['manual_max'] else ''
+        manual = f" + up to {to_grade([e])[1]} by hand" if to_grade([e])[0] else ''
         out.append(f"{e['notebook']}: {e['score']}/{e['max_score']} points{manual} "
                    f"(student {e['student']}; {ref}; {e.get('wall_s', 0):.1f} s)")
         for x in e['exercises']:
@@ -881,7 +886,8 @@ def format_report(report: dict) -> str:
         if e['flags']: out.append(f"  flags: {', '.join(e['flags'])}")
         out += [f"  warning: {w}" for w in e['warnings']]
     pct = 100 * report['score'] / report['max_score'] if report['max_score'] else 0
-    manual = f"; {report['manual_max']} more to grade by hand" if report.get('manual_max') else ''
+    n, pts = to_grade(report['notebooks'])
+    manual = f"; {n} written answer{'s' * (n != 1)} to grade by hand ({pts} points)" if n else ''
     out.append(f"total: {report['score']}/{report['max_score']} points ({pct:.0f} %){manual}")
     return '\n'.join(out)
 
@@ -892,13 +898,13 @@ def gradebook_rows(report: dict) -> tuple:
     rows = []
     for e in sorted(report['notebooks'], key=lambda e: (e['student'], e['lesson'] or '', e['notebook'])):
         pts = {x['id']: x['points'] if x.get('kind') != 'written' else
-               ('manual' if x['status'] == 'needs manual grading' else 0) for x in e['exercises']}
+               (x['status'] if x['status'] == 'needs manual grading' else 0) for x in e['exercises']}
         rows.append([e['student'], e['lesson'] or '', e['notebook'], e['score'], e['max_score'], e['manual_max'],
                      *[pts.get(i, '') for i in ids], ' '.join(e['flags'])])
     return header, rows
 
 def write_gradebook(report: dict, path) -> Path:
-    "The gradebook as CSV (written answers read `manual`: put the points there once graded)."
+    "The gradebook as CSV (a written answer reads `needs manual grading`: put its points there once graded)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header, rows = gradebook_rows(report)
@@ -911,7 +917,7 @@ def write_gradebook(report: dict, path) -> Path:
 # %% ../nbs/15_assign.ipynb #4f9a6c3e
 def _entry_feedback(e: dict) -> list:
     lesson = e['lesson'] or Path(e['notebook']).stem
-    manual = f", and {e['manual_max']} to be graded by hand" if e['manual_max'] else ''
+    manual = f", and up to {to_grade([e])[1]} to be graded by hand" if to_grade([e])[0] else ''
     how = 'the reference checks, hidden ones included' if e['hidden_checks'] else "the notebook's visible checks"
     lines = [f"## {lesson}: {e['score']}/{e['max_score']} points{manual}", '',
              f"`{Path(e['notebook']).name}`, graded with {how}.", '']
@@ -931,10 +937,11 @@ def _entry_feedback(e: dict) -> list:
 
 def feedback_text(student: str, entries: list) -> str:
     "One student's feedback in Markdown: each notebook, each exercise with its result and message, written answers."
-    total, top, manual = (sum(e[k] for e in entries) for k in ('score', 'max_score', 'manual_max'))
+    total, top = (sum(e[k] for e in entries) for k in ('score', 'max_score'))
+    manual = to_grade(entries)[1]
     head = [f"# Feedback for {student}", '',
-            f"{total}/{top} points from the automatic checks" + (f"; {manual} more to be graded by hand." if manual
-                                                                 else '.'), '']
+            f"{total}/{top} points from the automatic checks" + (f"; up to {manual} more from written answers, "
+                                                                 "graded by hand." if manual else '.'), '']
     return '\n'.join(head + [l for e in entries for l in _entry_feedback(e)]).rstrip() + '\n'
 
 def write_feedback(report: dict, folder) -> list:

@@ -182,6 +182,10 @@ def test_every_student_gets_the_expected_points_and_flags(graded):
     assert "can't allocate memory" in next(x['message'] for x in seen['vic']['exercises'] if x['id'] == RE)
     assert 'stopped before its end' in next(x['message'] for x in seen['cal']['exercises'] if x['id'] == RE)
     assert rep['score'] == sum(p for _, want, _ in expected.values() for p in want.values() if isinstance(p, int))
+    n = sum(want[Q] == 'needs manual grading' for _, want, _ in expected.values())
+    total = next(l for l in r.stdout.splitlines() if l.startswith('total: '))
+    assert total == f"total: {rep['score']}/80 points ({100 * rep['score'] / 80:.0f} %); {n} written answers to grade by " \
+                    f"hand ({2 * n} points)", total
 
 
 def test_the_gradebook_has_a_row_per_student_and_a_column_per_exercise(graded):
@@ -192,7 +196,7 @@ def test_the_gradebook_has_a_row_per_student_and_a_column_per_exercise(graded):
     for row in rows:
         path, want, flags = expected[row['student']]
         assert int(row['score']) == sum(p for p in want.values() if isinstance(p, int)), row
-        assert row[Q] == ('manual' if want[Q] == 'needs manual grading' else '0'), row
+        assert row[Q] == ('needs manual grading' if want[Q] == 'needs manual grading' else '0'), row
         assert set(row['flags'].split()) == flags, row
     assert f"gradebook: {tmp / 'grades' / 'gradebook.csv'}" in r.stdout
 
@@ -202,7 +206,8 @@ def test_one_feedback_file_per_student(graded):
     files = sorted((tmp / 'grades' / 'feedback').iterdir())
     assert [f.stem for f in files] == sorted(expected) and len(files) == 40
     kofi = (tmp / 'grades' / 'feedback' / 'kofi.md').read_text()
-    assert kofi.startswith('# Feedback for kofi\n\n1/2 points from the automatic checks; 2 more to be graded by hand.')
+    assert kofi.startswith('# Feedback for kofi\n\n1/2 points from the automatic checks; up to 2 more from written '
+                           'answers, graded by hand.')
     assert f'**{GR}** — failed, 0/1 points. at `' in kofi and f'**{RE}** — passed, 1/1 points' in kofi
     assert '### Written answers (to grade by hand)' in kofi and 'Rubric:' in kofi and 'training–inference' in kofi
     fay = (tmp / 'grades' / 'feedback' / 'fay.md').read_text()

@@ -1047,7 +1047,8 @@ def _grade_cli(a):
     if out:
         book = write_gradebook(report, Path(out) / 'gradebook.csv')
         files = write_feedback(report, Path(out) / 'feedback')
-        print(f"gradebook: {book}\nfeedback: {Path(out) / 'feedback'} ({len(files)} students)")
+        n = len(files)
+        print(f"gradebook: {book}\nfeedback: {Path(out) / 'feedback'} ({n} student{'s' * (n != 1)})")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=1, ensure_ascii=False))

@@ -47,7 +47,7 @@ class DINOHead(nn.Module):
         ### END SOLUTION
 
     @property
-    def out_dim(self): return self.last_layer.parametrizations.weight.original1.shape[0]
+    def out_dim(self): return self.prototypes().shape[0]
     def project(self, x):
         "Encoder tokens → unit vectors in the bottleneck (…×bottleneck_dim); centred over the batch first if `center`."
         if self.center: x = center_batch(x)

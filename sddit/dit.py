@@ -230,7 +230,7 @@ class DiTEncoder(nn.Module):
         h = run_blocks(self.blocks, h, c, self.grad_checkpoint)
         return EncoderOut(h, c, x_tok, x_emb)
 
-# %% ../nbs/03_dit.ipynb #c11059d4
+# %% ../nbs/03_dit.ipynb #cbd202b0
 class DecoderInterface(nn.Module):
     "MaskDiT's encoder→decoder layer: LayerNorm, adaLN shift and scale from c, a Linear to the decoder's width."
     def __init__(self, dim: int, dec_dim: int):
@@ -243,6 +243,8 @@ class DecoderInterface(nn.Module):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
+
+# %% ../nbs/03_dit.ipynb #c11059d4
 class DiTDecoder(nn.Module):
     "8 DiT blocks over the complete token set H (visible encoder outputs + invisible noised patches)."
     def __init__(self, cfg: DiTConfig):
@@ -262,8 +264,10 @@ class DiTDecoder(nn.Module):
     def complete_tokens(self, visible, x_tok, ids_keep):
         "H: `visible` encoder outputs written over the embedded patches `x_tok` (or over mask tokens, MaskDiT)."
         if ids_keep is None: return visible
+        ### BEGIN SOLUTION
         base = x_tok if self.mask_token is None else self.mask_token.to(visible.dtype).expand_as(x_tok)
         return insert_tokens(base.to(visible.dtype), visible, ids_keep)
+        ### END SOLUTION
 
     def forward(self, visible, enc: EncoderOut, ids_keep=None):
         "The decoder's tokens (with a leading [CLS] when `cls_to_decoder`)."

@@ -104,14 +104,18 @@ def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | 
         L_MAE = mae_loss(D_x, x_sigma, mask.mask, net.cfg.patch_size).mean()
         out.update(loss=L_G + cfg.mae_weight * L_MAE, L_G=L_G, L_MAE=L_MAE)
         return out
+    ### BEGIN SOLUTION
     L_G = denoising_loss(D_x, x0, sigma, cfg.sigma_data).mean()         # Eq. 9, all patches
+    ### END SOLUTION
     out.update(loss=L_G, L_G=L_G)
     if use_disc:
+        ### BEGIN SOLUTION
         x_t, sigma_t = teacher_view(x0, cfg.teacher_sigma, sigma, cfg.P_mean, cfg.P_std)
         y_t = y if cfg.teacher_label == 'student' else None              # None: the null class
         ids = mask.ids_keep if mask is not None else None
         t_cls, t_tok = teacher(x_t, sigma_t, y_t, ids_keep=ids, sigma_data=cfg.sigma_data)
         d = dino(head, feats['cls'], feats['tokens'], teacher.head, t_cls, t_tok, step)
+        ### END SOLUTION
         out.update(loss=L_G + d['L_D'], L_D=d['L_D'], L_D_cls=d['L_D_cls'], L_D_patch=d['L_D_patch'],
                    entropy_cls=d['entropy_cls'], entropy_patch=d['entropy_patch'],
                    token_entropy_cls=d['token_entropy_cls'], token_entropy_patch=d['token_entropy_patch'], tau_t=d['tau_t'])

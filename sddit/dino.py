@@ -11,19 +11,8 @@ from torch import nn
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['center_batch', 'DINOHead', 'entropy', 'teacher_temp', 'teacher_probs', 'update_center', 'distill_ce',
+__all__ = ['DINOHead', 'center_batch', 'entropy', 'teacher_temp', 'teacher_probs', 'update_center', 'distill_ce',
            'chunked_distill_ce', 'plain_distill_ce', 'DINOLoss']
-
-# %% ../nbs/04_dino.ipynb #1c1b03e6
-def center_batch(x: torch.Tensor) -> torch.Tensor:
-    "x minus the mean of all its tokens (every dimension but the last), over every process when distributed."
-    flat = x.reshape(-1, x.shape[-1])
-    total, count = flat.sum(0), torch.tensor(float(flat.shape[0]), device=x.device)
-    if dist.is_available() and dist.is_initialized():
-        from torch.distributed.nn.functional import all_reduce       # differentiable: gradients flow across processes
-        total = all_reduce(total)
-        dist.all_reduce(count)
-    return x - (total / count).to(x.dtype)
 
 # %% ../nbs/04_dino.ipynb #042df7df
 class DINOHead(nn.Module):
@@ -58,6 +47,17 @@ class DINOHead(nn.Module):
     def forward(self, x):
         "Logits over the K prototypes: cosine similarities in [−1, 1]."
         return self.last_layer(self.project(x))
+
+# %% ../nbs/04_dino.ipynb #1c1b03e6
+def center_batch(x: torch.Tensor) -> torch.Tensor:
+    "x minus the mean of all its tokens (every dimension but the last), over every process when distributed."
+    flat = x.reshape(-1, x.shape[-1])
+    total, count = flat.sum(0), torch.tensor(float(flat.shape[0]), device=x.device)
+    if dist.is_available() and dist.is_initialized():
+        from torch.distributed.nn.functional import all_reduce       # differentiable: gradients flow across processes
+        total = all_reduce(total)
+        dist.all_reduce(count)
+    return x - (total / count).to(x.dtype)
 
 # %% ../nbs/04_dino.ipynb #cbf0b8c7
 def entropy(p: torch.Tensor) -> torch.Tensor:

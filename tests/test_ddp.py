@@ -24,7 +24,7 @@ from conftest import ENV as BASE_ENV, run_module
 ENV = {**BASE_ENV, 'OMP_NUM_THREADS': '1'}
 STEPS, LR = 3, 1e-3
 COMMON = ['--steps', str(STEPS), '--batch-size', '16', '--lr', str(LR), '--log-every', '1', '--sample-every', '0',
-          '--ckpt-every', '100', '--eval-every', '0']
+          '--ckpt-every', '100', '--eval-every', '0', '--recipe', 'paper']   # centring (default recipe): test below
 PARTS = ('model', 'ema', 'head', 'teacher', 'dino')
 
 
@@ -95,3 +95,33 @@ def test_sigterm_stops_every_rank_at_one_step_and_one_process_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'resuming {out} at step {step}' in r.stdout
     assert [json.loads(l)['step'] for l in metrics.read_text().splitlines()] == list(range(1, step + 3))
+
+
+def _centre_worker(rank, world, init, x, w, out):
+    "One of `world` gloo processes: centre its half of `x`, a loss of it, and its share of the input gradient."
+    import torch.distributed as dist
+    from sddit.dino import center_batch
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
+    xs = x.chunk(world)[rank].clone().requires_grad_()
+    y = center_batch(xs)
+    ((y * w) ** 2).sum().backward()
+    out[rank] = (y.detach(), xs.grad)
+    dist.destroy_process_group()
+
+
+def test_centring_over_two_processes_is_centring_over_their_whole_batch(tmp_path):
+    "The head's input is centred over the global batch: 2 gloo processes compute the values and gradients of one."
+    import torch.multiprocessing as mp
+    from sddit.dino import center_batch
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 3, 5, generator=g) + 3.0, torch.randn(5, generator=g)   # 8 images × 3 tokens
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_centre_worker, args=(2, f'file://{tmp_path}/store', x, w, out), nprocs=2)
+        (y0, g0), (y1, g1) = out[0], out[1]
+    xx = x.clone().requires_grad_()
+    y = center_batch(xx)                                              # one process, the whole batch
+    ((y * w) ** 2).sum().backward()
+    torch.testing.assert_close(torch.cat([y0, y1]), y.detach())
+    torch.testing.assert_close(torch.cat([g0, g1]), xx.grad)          # gradients flow through the shared mean
+    assert y.detach().mean((0, 1)).abs().max() < 1e-5                 # and the mean is gone

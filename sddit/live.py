@@ -148,7 +148,7 @@ def render_live(run: LiveRun, total: int | None = None) -> Figure:
         ax.grid(alpha=0.3)
     curve(ax_g, 'L_G')
     curve(ax_g, 'L_MAE')
-    if rows: ax_g.set_yscale('log')
+    if rows: ax_g.set_ylim(0, None)
     if run.lcfg.disc:
         for key in ('L_D', 'L_D_cls', 'L_D_patch'): curve(ax_d, key)
         curve(ax_h, 'token_entropy_cls', color='C3')
@@ -182,21 +182,23 @@ class TrainWidget(W.VBox):
     def __init__(self, ckpt=None, render: Callable = render_live, steps: int = 200, every: int = 25,
                  batch_size: int = 64, per_class: int = 4, sample_steps: int = 10):
         self.ckpt, self.render, self.per_class, self.sample_steps = ckpt, render, per_class, sample_steps
+        short, wide = W.Layout(width='190px'), dict(description_width='initial')
         self.controls = c = dict(
-            steps=W.BoundedIntText(value=steps, min=1, max=100_000, description='steps'),
-            every=W.BoundedIntText(value=every, min=1, max=100_000, description='redraw every'),
+            steps=W.BoundedIntText(value=steps, min=1, max=100_000, description='steps', layout=short),
+            every=W.BoundedIntText(value=every, min=1, max=100_000, description='redraw every', layout=short,
+                                   style=wide),
             method=W.ToggleButtons(options=list(METHODS), value='sddit', description='method',
-                                   style=dict(button_width='70px')),
+                                   style=dict(button_width='80px')),
             mask_ratio=W.FloatSlider(value=DEFAULT_MASK_RATIO['sddit'], min=0, max=0.9, step=0.05,
                                      description='mask ratio', continuous_update=False),
             sigma_t=sigma_slider(sigma_min, 'σ_T'),
             same=W.Checkbox(value=False, description='σ_T drawn like σ_S', indent=False),
             recipe=W.ToggleButtons(options=list(RECIPES), value='default', description='recipe',
-                                   style=dict(button_width='70px')),
+                                   style=dict(button_width='80px')),
             center_head=W.Checkbox(value=bool(RECIPES['default']['center_head']), description='centring',
                                    indent=False),
-            batch_size=W.Dropdown(options=[16, 32, 64, 128], value=batch_size, description='batch'),
-            seed=W.IntText(value=0, description='seed'))
+            batch_size=W.Dropdown(options=[16, 32, 64, 128], value=batch_size, description='batch', layout=short),
+            seed=W.IntText(value=0, description='seed', layout=short))
         if ckpt is not None:
             c['resume'] = W.Checkbox(value=False, description=f'train on from {ckpt}', indent=False)
         for key, w in c.items(): w.add_class(f'sddit-train-{key}')

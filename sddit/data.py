@@ -39,7 +39,8 @@ def load_digits_tensors(held_out: float = 0.2, seed: int = 0) -> Digits:
     for c in range(10):  # the same fraction of every class in the held-out split
         idx = np.flatnonzero(d.target == c)
         test_idx.append(rng.permutation(idx)[: int(round(len(idx) * held_out))])
-    is_test = np.zeros(len(y), bool); is_test[np.concatenate(test_idx)] = True
+    is_test = np.zeros(len(y), bool)
+    is_test[np.concatenate(test_idx)] = True
     tr, te = torch.from_numpy(~is_test), torch.from_numpy(is_test)
     return Digits(x[tr], y[tr], x[te], y[te])
 
@@ -56,7 +57,8 @@ def show_images(x, titles=None, ncols: int | None = None, nrows: int | None = No
     n = len(imgs)
     ncols = ncols or (math.ceil(n / nrows) if nrows else min(n, 10))
     nrows = nrows or math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (cell * ncols, cell * nrows + (0.3 if titles is not None else 0)),
+    fig, axs = plt.subplots(nrows, ncols,
+                            figsize=figsize or (cell * ncols, cell * nrows + (0.3 if titles is not None else 0)),
                             squeeze=False)
     for i, ax in enumerate(axs.flat):
         ax.axis('off')
@@ -69,12 +71,13 @@ def show_images(x, titles=None, ncols: int | None = None, nrows: int | None = No
 
 # %% ../nbs/00_data.ipynb #69c0f33c
 def batch_indices(step: int, n: int, batch_size: int, seed: int = 0) -> torch.Tensor:
-    "Indices of global batch `step` over a data set of `n` items: epoch-wise permutations, a pure function of its inputs."
+    "Indices of global batch `step` over `n` items: epoch-wise permutations, a pure function of its inputs."
     start = step * batch_size
     out, pos = [], start
     while pos < start + batch_size:
         epoch, offset = divmod(pos, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         take = min(n - offset, start + batch_size - pos)
-        out.append(perm[offset: offset + take]); pos += take
+        out.append(perm[offset: offset + take])
+        pos += take
     return torch.cat(out)

@@ -25,14 +25,17 @@ class DINOHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
                                  nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp:
-            if isinstance(m, nn.Linear): nn.init.trunc_normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
         # the K prototypes: a bias-free Linear(bottleneck_dim, out_dim), weight-normalised with g fixed to 1
         ### BEGIN SOLUTION
         last = nn.Linear(bottleneck_dim, out_dim, bias=False)
         nn.init.trunc_normal_(last.weight, std=0.02)
         self.last_layer = nn.utils.parametrizations.weight_norm(last)
         g = self.last_layer.parametrizations.weight.original0
-        g.data.fill_(1.0); g.requires_grad_(False)                  # g fixed to 1: unit-norm prototypes
+        g.data.fill_(1.0)                                           # g fixed to 1: unit-norm prototypes
+        g.requires_grad_(False)
         ### END SOLUTION
 
     @property
@@ -80,13 +83,15 @@ def update_center(center: torch.Tensor, batch_mean: torch.Tensor, momentum: floa
     "c ← m·c + (1 − m)·mean of the teacher's logits; the mean is averaged over processes when distributed."
     batch_mean = batch_mean.detach().float().clone()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(batch_mean); batch_mean /= dist.get_world_size()
+        dist.all_reduce(batch_mean)
+        batch_mean /= dist.get_world_size()
     ### BEGIN SOLUTION
     return center * momentum + batch_mean * (1 - momentum)
     ### END SOLUTION
 
 # %% ../nbs/04_dino.ipynb #a5d1a2af
-def distill_ce(s_logits: torch.Tensor, t_logits: torch.Tensor, center: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
+def distill_ce(s_logits: torch.Tensor, t_logits: torch.Tensor, center: torch.Tensor, tau_s: float,
+               tau_t: float) -> torch.Tensor:
     "Eq. 11 averaged over rows: mean_i −Σ_k P_T,i[k] log P_S,i[k] (reference implementation)."
     ### BEGIN SOLUTION
     p_t = teacher_probs(t_logits, center, tau_t)
@@ -124,13 +129,14 @@ class _ChunkedDistillCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, g_psum, g_hsum):
         grad_z, grad_w = ctx.saved_tensors
-        return (g_loss * grad_z).to(ctx.dtypes[0]), (g_loss * grad_w).to(ctx.dtypes[1]), None, None, None, None, None, None
+        return ((g_loss * grad_z).to(ctx.dtypes[0]), (g_loss * grad_w).to(ctx.dtypes[1]),
+                None, None, None, None, None, None)
 
 def chunked_distill_ce(z_s, w_s, z_t, w_t, center, tau_s: float, tau_t: float, chunk: int = 4096):
-    "Mean over rows of Eq. 11 from features and prototypes (M×B, K×B); also the teacher's mean P_T (K) and mean per-row entropy."
+    "Eq. 11 from features and prototypes (M×B, K×B), row mean; also the teacher's mean P_T (K) and mean row entropy."
     M = z_s.shape[0]
-    loss, p_sum, h_sum = _ChunkedDistillCE.apply(z_s.reshape(M, -1), w_s, z_t.reshape(M, -1), w_t, center.float().reshape(-1),
-                                                 tau_s, tau_t, chunk)
+    loss, p_sum, h_sum = _ChunkedDistillCE.apply(z_s.reshape(M, -1), w_s, z_t.reshape(M, -1), w_t,
+                                                 center.float().reshape(-1), tau_s, tau_t, chunk)
     return loss / M, p_sum / M, h_sum / M
 
 def plain_distill_ce(z_s, w_s, z_t, w_t, center, tau_s: float, tau_t: float):
@@ -151,7 +157,8 @@ class DINOLoss(nn.Module):
         self.register_buffer('center_cls', torch.zeros(out_dim))
         self.register_buffer('center_patch', torch.zeros(out_dim))
 
-    def forward(self, student_head: DINOHead, s_cls, s_tokens, teacher_head: DINOHead, t_cls, t_tokens, step: int = 0) -> dict:
+    def forward(self, student_head: DINOHead, s_cls, s_tokens, teacher_head: DINOHead, t_cls, t_tokens,
+                step: int = 0) -> dict:
         "s_cls/t_cls: N×D; s_tokens/t_tokens: N×n_vis×D at the same (visible) positions. Returns L_D and statistics."
         tau_t = teacher_temp(step, self.warmup_steps, self.tau_t, self.tau_t_warmup)
         w_s, out = student_head.prototypes(), {}
@@ -159,7 +166,8 @@ class DINOLoss(nn.Module):
             w_t = teacher_head.prototypes()
             zt_cls, zt_tok = teacher_head.project(t_cls), teacher_head.project(t_tokens).flatten(0, 1)
         for name, zs, zt, center in (('cls', student_head.project(s_cls), zt_cls, self.center_cls),
-                                     ('patch', student_head.project(s_tokens).flatten(0, 1), zt_tok, self.center_patch)):
+                                     ('patch', student_head.project(s_tokens).flatten(0, 1), zt_tok,
+                                      self.center_patch)):
             if self.chunk: ce = chunked_distill_ce(zs, w_s, zt, w_t, center, self.tau_s, tau_t, self.chunk)
             else: ce = plain_distill_ce(zs, w_s, zt, w_t, center, self.tau_s, tau_t)
             out[f'L_D_{name}'], p_mean, h_tok = ce

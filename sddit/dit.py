@@ -181,7 +181,7 @@ def model_config(preset: str, method: str = 'sddit', **overrides) -> DiTConfig:
 
 # %% ../nbs/03_dit.ipynb #bf89dcb8
 def run_blocks(blocks, h, c, grad_checkpoint: bool = False):
-    "Apply DiT `blocks` in turn; with `grad_checkpoint` (and gradients on) each block's activations are recomputed in backward."
+    "Apply DiT `blocks` in turn; `grad_checkpoint` (with gradients on) recomputes each block's activations in backward."
     for blk in blocks:
         h = checkpoint(blk, h, c, use_reentrant=False) if grad_checkpoint and torch.is_grad_enabled() else blk(h, c)
     return h
@@ -312,7 +312,8 @@ class SDDiT(nn.Module):
         for p in (enc.cls_token, self.decoder.mask_token if self.decoder is not None else None):
             if p is not None: nn.init.normal_(p, std=0.02)
         blocks = list(enc.blocks) + (list(self.decoder.blocks) if self.decoder is not None else [])
-        zero = [b.adaLN_modulation[-1] for b in blocks] + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        zero = ([b.adaLN_modulation[-1] for b in blocks]
+                + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear])
         if self.decoder is not None and self.decoder.interface == 'maskdit':        # MaskDiT zeroes its DecoderLayer
             zero += [self.decoder.decoder_embed.adaLN_modulation[-1], self.decoder.decoder_embed.linear]
         for m in zero:
@@ -320,7 +321,7 @@ class SDDiT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x_in, c_noise, y=None, mask: Mask | None = None, return_features: bool = False):
-        "Predict F for every patch; `mask` hides tokens from the encoder; `return_features` also returns the encoder's tokens."
+        "Predict F for every patch; `mask` hides tokens from the encoder; `return_features` adds the encoder's tokens."
         cfg, ids_keep = self.cfg, (mask.ids_keep if mask is not None else None)
         enc = self.encoder(x_in, c_noise, y, ids_keep)
         visible = enc.h[:, self.encoder.n_extra:]

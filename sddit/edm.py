@@ -71,7 +71,8 @@ class EDMPrecond(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0: sigma = sigma.expand(x.shape[0])
         ### BEGIN SOLUTION
-        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.float().reshape(-1, *([1] * (x.ndim - 1))), self.sigma_data)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.float().reshape(-1, *([1] * (x.ndim - 1))),
+                                                        self.sigma_data)
         out = self.net((c_in * x).to(x.dtype), c_noise.flatten(), y, **kw)
         F_x, extras = (out if isinstance(out, tuple) else (out, None))
         D_x = c_skip * x + c_out * F_x.to(torch.float32)

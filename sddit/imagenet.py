@@ -42,24 +42,27 @@ def load_image(path, image_size: int = 256) -> torch.Tensor:
     "Open `path`, convert to RGB, ADM centre crop: 3×S×S in [−1, 1]. An unreadable file raises `OSError` naming it."
     try:
         with Image.open(path) as im: img = im.convert('RGB')  # convert() forces the full decode
-    except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG), DecompressionBombError…
+    # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG), DecompressionBombError…
+    except Exception as e:
         raise OSError(f'cannot read image {path}: {type(e).__name__}: {e}') from e
     return to_tensor(adm_center_crop(img, image_size))
 
 # %% ../nbs/00a_imagenet.ipynb #28550318
 def find_images(root, extensions=IMG_EXTENSIONS):
-    "ImageNet-style `root/<class>/**/<image>` → (relative paths, labels, classes); classes sorted, paths sorted per class."
+    "ImageNet-style `root/<class>/**/<image>` → (relative paths, labels, classes), classes and per-class paths sorted."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f'image folder {root} does not exist')
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith('.'))
     if not classes:
-        raise ValueError(f'no class folders in {root}: expected {root}/<class>/<image>.JPEG (the layout of ImageNet train/)')
+        raise ValueError(f'no class folders in {root}: expected {root}/<class>/<image>.JPEG '
+                         '(the layout of ImageNet train/)')
     paths, labels = [], []
     for y, c in enumerate(classes):
         found = sorted(Path(dp, f).relative_to(root).as_posix()
                        for dp, dns, fs in os.walk(root / c, followlinks=True) for f in fs
                        if f.lower().endswith(extensions) and not f.startswith('.'))
-        paths += found; labels += [y] * len(found)
+        paths += found
+        labels += [y] * len(found)
     if not paths: raise ValueError(f'no images ({", ".join(extensions)}) in the {len(classes)} class folders of {root}')
     return paths, labels, classes
 
@@ -110,7 +113,8 @@ class LatentShards(torch.utils.data.Dataset):
     """The latents of `python -m sddit.latents`: item i → (z, label), z a float32 tensor of `latent_shape`.
     `flip`: 'random' (each access picks the image or its mirror), 0 (the image) or 1 (its mirror).
     `sample`: for mean/std shards, draw z = μ + σ·ε afresh (True) or return μ (False).
-    `seed`: None uses torch's global RNG; an int makes item i's randomness a function of (seed, epoch, i) (`set_epoch`)."""
+    `seed`: None uses torch's global RNG; an int makes item i's randomness a function of (seed, epoch, i)
+    (`set_epoch`)."""
     def __init__(self, path, flip='random', sample: bool = True, seed: int | None = None):
         from safetensors import safe_open
         if flip not in ('random', 0, 1): raise ValueError(f"flip must be 'random', 0 or 1, got {flip!r}")
@@ -119,7 +123,8 @@ class LatentShards(torch.utils.data.Dataset):
         if not mf.is_file():
             why = ('it holds shards but no manifest: the encoder has not finished, run it again with the same arguments'
                    if self.path.is_dir() and any(self.path.glob('shard-*.safetensors')) else
-                   f'make one with: python -m sddit.latents --images DIR --out {self.path} --vae stabilityai/sd-vae-ft-ema')
+                   f'make one with: python -m sddit.latents --images DIR --out {self.path} '
+                   '--vae stabilityai/sd-vae-ft-ema')
             raise FileNotFoundError(f'no latents at {self.path} (no manifest.json): {why}')
         self.manifest = m = json.loads(mf.read_text())
         if m.get('format') != LATENT_FORMAT:
@@ -129,12 +134,14 @@ class LatentShards(torch.utils.data.Dataset):
         labels = []
         for s, f in zip(m['shards'], self.files):
             if not f.is_file():
-                raise FileNotFoundError(f'{f} is listed in {mf} but missing: run the encoder again with the same arguments')
+                raise FileNotFoundError(f'{f} is listed in {mf} but missing: '
+                                        'run the encoder again with the same arguments')
             with safe_open(str(f), 'pt') as h:
                 for k in self.keys:
                     shape = tuple(h.get_slice(k).get_shape())
                     if shape != (s['count'], 2, *self.latent_shape):
-                        raise ValueError(f"{f}: '{k}' has shape {shape}, the manifest says {(s['count'], 2, *self.latent_shape)}")
+                        raise ValueError(f"{f}: '{k}' has shape {shape}, "
+                                         f"the manifest says {(s['count'], 2, *self.latent_shape)}")
                 labels.append(h.get_tensor('label').long())
         self.labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
         self.offsets = np.cumsum([0] + [s['count'] for s in m['shards']]).tolist()
@@ -154,7 +161,8 @@ class LatentShards(torch.utils.data.Dataset):
     def __getitem__(self, i):
         i = int(i)
         if not 0 <= i < len(self): raise IndexError(f'latent index {i} out of range [0, {len(self)})')
-        k = bisect.bisect_right(self.offsets, i) - 1; j = i - self.offsets[k]
+        k = bisect.bisect_right(self.offsets, i) - 1
+        j = i - self.offsets[k]
         g = None if self.seed is None else torch.Generator().manual_seed(
             (self.seed * 1_000_003 + self.epoch) * 2_000_003 + i)
         f = int(torch.randint(2, (), generator=g)) if self.flip == 'random' else self.flip
@@ -169,7 +177,8 @@ class LatentShards(torch.utils.data.Dataset):
 def random_latent_shards(out, n: int = 64, num_classes: int = 10, latent_shape=(4, 32, 32), shard_size: int = 32,
                          store: str = 'mean_std', dtype: str = 'float32', seed: int = 0) -> Path:
     "Write `n` random latents (μ ~ N(0, 1), σ = 0.1, labels i mod `num_classes`) as shards + manifest in `out`."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     g, shards = torch.Generator().manual_seed(seed), []
     for k, first in enumerate(range(0, n, shard_size)):
         m = min(shard_size, n - first)
@@ -177,7 +186,8 @@ def random_latent_shards(out, n: int = 64, num_classes: int = 10, latent_shape=(
         t = {'mean': mean, 'std': torch.full_like(mean, 0.1)} if store == 'mean_std' else {'sample': mean}
         t['label'] = torch.arange(first, first + m) % num_classes
         name = f'shard-{k:05d}.safetensors'
-        save_shard(out / name, t, {'count': m}); shards.append({'file': name, 'count': m})
+        save_shard(out / name, t, {'count': m})
+        shards.append({'file': name, 'count': m})
     save_json_atomic(out / 'manifest.json', latent_manifest(shards, [f'class{c}' for c in range(num_classes)],
                      latent_shape, store, dtype, vae='random'))
     return out

@@ -16,7 +16,8 @@ from .teacher import teacher_view
 __all__ = ['METHODS', 'DEFAULT_MASK_RATIO', 'denoising_loss', 'patch_denoising_loss', 'mae_loss', 'LossConfig', 'training_losses']
 
 # %% ../nbs/06_losses.ipynb #2ecd2878
-def denoising_loss(D_x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_data: float = sigma_data) -> torch.Tensor:
+def denoising_loss(D_x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+                   sigma_data: float = sigma_data) -> torch.Tensor:
     "λ(σ)·‖D − x0‖² averaged over pixels: one value per sample (Eq. 5 / Eq. 9 over all patches)."
     err = (D_x.float() - x0.float()) ** 2
     return loss_weight(sigma.float(), sigma_data) * err.flatten(1).mean(1)
@@ -66,8 +67,9 @@ class LossConfig:
         if self.teacher_sigma not in ('min', 'same'):
             try: v = float(self.teacher_sigma)
             except (TypeError, ValueError): v = -1
-            if not v > 0: raise ValueError(f"teacher sigma must be 'min', 'same' or a positive number, got "
-                                           f"{self.teacher_sigma!r}: pass --teacher-sigma min, same or a number like 0.5")
+            if not v > 0:
+                raise ValueError(f"teacher sigma must be 'min', 'same' or a positive number, got "
+                                 f"{self.teacher_sigma!r}: pass --teacher-sigma min, same or a number like 0.5")
         if self.student_sigma_max is not None and not self.student_sigma_max > 0:
             raise ValueError(f"--student-sigma-max must be positive, got {self.student_sigma_max}")
         if self.teacher_label not in ('student', 'null'):
@@ -81,7 +83,7 @@ class LossConfig:
 # %% ../nbs/06_losses.ipynb #4a1085ba
 def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, cfg: LossConfig,
                     head=None, teacher=None, dino=None, step: int = 0) -> dict:
-    "One step's losses for `cfg.method`; `loss` is what to backpropagate. SD-DiT with L_D needs `head`, `teacher`, `dino`."
+    "One step's losses for `cfg.method`; backpropagate `loss`. SD-DiT with L_D needs `head`, `teacher`, `dino`."
     N = x0.shape[0]
     net = model.net
     sigma = sample_sigma(N, cfg.P_mean, cfg.P_std, device=x0.device)
@@ -118,5 +120,6 @@ def training_losses(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | 
         ### END SOLUTION
         out.update(loss=L_G + d['L_D'], L_D=d['L_D'], L_D_cls=d['L_D_cls'], L_D_patch=d['L_D_patch'],
                    entropy_cls=d['entropy_cls'], entropy_patch=d['entropy_patch'],
-                   token_entropy_cls=d['token_entropy_cls'], token_entropy_patch=d['token_entropy_patch'], tau_t=d['tau_t'])
+                   token_entropy_cls=d['token_entropy_cls'], token_entropy_patch=d['token_entropy_patch'],
+                   tau_t=d['tau_t'])
     return out

@@ -22,7 +22,8 @@ def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
     return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
 
 # %% ../nbs/07_sampler.ipynb #d3423f6f
-def guided_denoiser(net: Callable, y: torch.Tensor | None, cfg_scale: float = 1.0, null_class: int | None = None) -> Callable:
+def guided_denoiser(net: Callable, y: torch.Tensor | None, cfg_scale: float = 1.0,
+                    null_class: int | None = None) -> Callable:
     "A function D(x, σ) of `net(x, σ, y)` with classifier-free guidance of scale `cfg_scale` (1 = plain conditional)."
     if cfg_scale == 1.0 or y is None:
         return lambda x, sigma: net(x, sigma, y)
@@ -39,8 +40,9 @@ def guided_denoiser(net: Callable, y: torch.Tensor | None, cfg_scale: float = 1.
 
 # %% ../nbs/07_sampler.ipynb #bf6eb489
 @torch.no_grad()
-def heun_sample(D: Callable, noise: torch.Tensor, steps: int = 40, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float('inf'), S_noise: float = 1.0,
+def heun_sample(D: Callable, noise: torch.Tensor, steps: int = 40, sigma_min: float = SIGMA_MIN,
+                sigma_max: float = SIGMA_MAX, rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
+                S_max: float = float('inf'), S_noise: float = 1.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
     "EDM Algorithm 2: sample by Heun's method from `noise` ~ N(0, I) scaled by σ_max. `D(x, σ)` is the denoiser."
     t_steps = karras_sigmas(steps, sigma_min, sigma_max, rho).to(noise.device)
@@ -65,7 +67,8 @@ def heun_sample(D: Callable, noise: torch.Tensor, steps: int = 40, sigma_min: fl
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
         ### END SOLUTION
         if callback is not None:
-            callback(dict(i=i, sigma=float(t_hat), sigma_next=float(t_next), x=x_next.float(), denoised=denoised.float()))
+            callback(dict(i=i, sigma=float(t_hat), sigma_next=float(t_next), x=x_next.float(),
+                          denoised=denoised.float()))
     return x_next.to(torch.float32)
 
 # %% ../nbs/07_sampler.ipynb #a73ebdd1
@@ -75,7 +78,8 @@ def generate(model: torch.nn.Module, labels: torch.Tensor, steps: int = 40, cfg_
     "Sample one image per label with `heun_sample` from an `EDMPrecond` model; returns N×C×H×W in model space."
     net_cfg = model.net.cfg
     device = next(model.parameters()).device
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     g = torch.Generator(device='cpu').manual_seed(seed)
     shape = (net_cfg.in_channels, net_cfg.input_size, net_cfg.input_size)
     noise = torch.randn(len(labels), *shape, generator=g)                 # drawn on the CPU: same images on any device
@@ -83,6 +87,7 @@ def generate(model: torch.nn.Module, labels: torch.Tensor, steps: int = 40, cfg_
     for i in range(0, len(labels), batch_size):
         y = labels[i:i + batch_size].to(device) if net_cfg.num_classes else None
         D = guided_denoiser(model, y, cfg_scale, net_cfg.num_classes)
-        out.append(heun_sample(D, noise[i:i + batch_size].to(device), steps=steps, generator=g, callback=callback, **kw).cpu())
+        out.append(heun_sample(D, noise[i:i + batch_size].to(device), steps=steps, generator=g, callback=callback,
+                               **kw).cpu())
     model.train(was_training)
     return torch.cat(out)

@@ -26,7 +26,7 @@ def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: fl
 # %% ../nbs/05_teacher.ipynb #b06bc306
 @torch.no_grad()
 def lerp_params_(dst, src, weight: float, ok: torch.Tensor | None = None):
-    "dst ← (1 − w)·dst + w·src, tensor by tensor; with a 0-dim `ok` the weight is w·ok, so `ok` = 0 leaves dst as it is."
+    "dst ← (1 − w)·dst + w·src, per tensor; with a 0-dim `ok` the weight is w·ok, so `ok` = 0 leaves dst as it is."
     dst, src = list(dst), [p.detach() for p in src]
     ### BEGIN SOLUTION
     w = weight if ok is None else [ok.to(dst[0]) * weight] * len(dst)   # a tensor: the skip stays on the device
@@ -58,7 +58,7 @@ class Teacher(nn.Module):
 
 def teacher_view(x0: torch.Tensor, teacher_sigma='min', student_sigma: torch.Tensor | None = None, P_mean: float = -1.2,
                  P_std: float = 1.2):
-    "The teacher's input and its σ: x0 + N(0, σ_T²). `teacher_sigma`: 'min' (0.002), a number, or 'same' (drawn like σ_S)."
+    "The teacher's input and σ: x0 + N(0, σ_T²). `teacher_sigma`: 'min' (0.002), a number, or 'same' (drawn like σ_S)."
     N = x0.shape[0]
     if teacher_sigma == 'same': sigma = sample_sigma(N, P_mean, P_std, device=x0.device)
     else:

@@ -79,7 +79,7 @@ MUTATIONS = {
          (REGION, 'self.last_layer = nn.utils'),
          '        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)\n'
          '        nn.init.trunc_normal_(self.last_layer.weight, std=0.02)\n'),
-        ('visible', 'g left trainable', 'g.data.fill_(1.0); g.requires_grad_(False)', 'g.data.fill_(1.0)'),
+        ('visible', 'g left trainable', '\n        g.requires_grad_(False)', ''),
         ('visible', 'columns normalised instead of rows', 'weight_norm(last)', 'weight_norm(last, dim=1)'),
         ('visible', 'a bias on the prototypes', 'nn.Linear(bottleneck_dim, out_dim, bias=False)',
          'nn.Linear(bottleneck_dim, out_dim)')],

@@ -39,8 +39,9 @@ def checkpoint_files(out: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 def write_checkpoint(out: Path, step: int, state: dict, keep: int = 3, protect: Path | None = None) -> Path:
-    "Write `ckpt-<step>.pt` atomically, point `ckpt.pt` at it, keep the newest `keep` (and `protect`); returns its path."
-    out = Path(out); hist = out / history_name(step)
+    "Write `ckpt-<step>.pt` atomically, point `ckpt.pt` at it, keep the newest `keep` and `protect`; returns its path."
+    out = Path(out)
+    hist = out / history_name(step)
     save_checkpoint(hist, step=step, **state)
     tmp = out / f'.{CKPT}.link{os.getpid()}'
     if tmp.exists(): tmp.unlink()
@@ -57,15 +58,17 @@ def remove_partial_checkpoints(out: Path) -> list[str]:
     out, gone = Path(out), []
     for f in (os.listdir(out) if Path(out).is_dir() else []):
         if f.startswith(('.ckpt', '.' + CKPT)) and ('.tmp' in f or '.link' in f):
-            (out / f).unlink(missing_ok=True); gone.append(f)
+            (out / f).unlink(missing_ok=True)
+            gone.append(f)
     return gone
 
 def _why(e: Exception) -> str:
     first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ''
     return f'{type(e).__name__}: {first}'
 
-def latest_checkpoint(out: Path, device='cpu', warn=print, skipped: list | None = None) -> tuple[Path | None, dict | None]:
-    "The newest checkpoint in run folder `out` that loads (history first, then `ckpt.pt`); damaged ones are named, skipped and listed in `skipped`."
+def latest_checkpoint(out: Path, device='cpu', warn=print,
+                      skipped: list | None = None) -> tuple[Path | None, dict | None]:
+    "The newest checkpoint of run folder `out` that loads (history, then `ckpt.pt`); damaged ones: named, in `skipped`."
     out = Path(out)
     candidates = checkpoint_files(out) + ([out / CKPT] if (out / CKPT).is_file() else [])
     for path in candidates:

@@ -32,7 +32,8 @@ def _read_folder(path: Path) -> np.ndarray:
         except Exception as e: raise MetricsError(f"cannot read image {f}: {type(e).__name__}") from None
         imgs.append(a[..., None] if a.ndim == 2 else a)
     if len({a.shape for a in imgs}) > 1:
-        raise MetricsError(f"the images in {path} differ in size ({imgs[0].shape} vs others): resize them to one size first")
+        raise MetricsError(f"the images in {path} differ in size ({imgs[0].shape} vs others): "
+                           "resize them to one size first")
     return np.stack(imgs)
 
 def load_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -40,29 +41,35 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
     p = Path(path)
     if p.is_dir(): return _read_folder(p), None
     if not p.is_file(): raise MetricsError(f"--samples {path}: no such file or folder")
-    if p.suffix != '.npz': raise MetricsError(f"--samples {path}: pass an .npz written by sddit.sample (or ADM) or a folder of images")
+    if p.suffix != '.npz':
+        raise MetricsError(f"--samples {path}: pass an .npz written by sddit.sample (or ADM) or a folder of images")
     with np.load(p) as z:
-        if 'arr_0' not in z.files: raise MetricsError(f"{path} has no 'arr_0' (found {', '.join(z.files) or 'nothing'}): is it a sample file?")
+        if 'arr_0' not in z.files:
+            raise MetricsError(f"{path} has no 'arr_0' (found {', '.join(z.files) or 'nothing'}): is it a sample file?")
         return z['arr_0'], (z['arr_1'] if 'arr_1' in z.files else None)
 
 def load_reference(spec: str):
-    "`digits` → the held-out digits (uint8 N×1×8×8); an `.npz` → a dict of `mu`/`sigma` and/or `images`; a folder → its images."
+    "`digits` → held-out digits (uint8 N×1×8×8); `.npz` → dict of `mu`/`sigma` and/or `images`; a folder → its images."
     if spec == 'digits': return digits_reference('test')[0]
     p = Path(spec)
     if p.is_dir(): return _read_folder(p)
-    if not p.is_file(): raise MetricsError(f"--ref {spec}: no such file or folder; pass digits, an ADM reference .npz or a folder of images")
-    if p.suffix != '.npz': raise MetricsError(f"--ref {spec}: pass digits, an .npz (ADM's reference batch) or a folder of images")
+    if not p.is_file():
+        raise MetricsError(f"--ref {spec}: no such file or folder; "
+                           "pass digits, an ADM reference .npz or a folder of images")
+    if p.suffix != '.npz':
+        raise MetricsError(f"--ref {spec}: pass digits, an .npz (ADM's reference batch) or a folder of images")
     with np.load(p) as z:
         ref = {}
         if 'mu' in z.files and 'sigma' in z.files: ref.update(mu=z['mu'], sigma=z['sigma'])
         if 'arr_0' in z.files: ref['images'] = z['arr_0']
-        if not ref: raise MetricsError(f"{spec} holds neither 'mu'/'sigma' nor 'arr_0' images (found {', '.join(z.files)})")
+        if not ref:
+            raise MetricsError(f"{spec} holds neither 'mu'/'sigma' nor 'arr_0' images (found {', '.join(z.files)})")
     return ref
 
 # %% ../nbs/08a_evaluate.ipynb #84d183ba
 LABELS = dict(fid='FID', isc='Inception Score', isc_std='  ± std', kid='KID', kid_std='  ± std', precision='precision',
-              recall='recall', f_score='F-score', class_acc='class accuracy', n_samples='samples', n_ref='reference images',
-              feature_extractor='feature extractor')
+              recall='recall', f_score='F-score', class_acc='class accuracy', n_samples='samples',
+              n_ref='reference images', feature_extractor='feature extractor')
 
 def evaluate(samples, ref, labels=None, metrics=None, extractor: str = 'auto', device='cpu', fid_weights=None,
              batch_size: int = 64) -> dict:
@@ -82,11 +89,17 @@ def format_table(m: dict) -> str:
 
 # %% ../nbs/08a_evaluate.ipynb #bf31407e
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog='python -m sddit.evaluate', description='Score samples: FID, IS, KID, precision/recall (+ class accuracy on digits).')
-    p.add_argument('--samples', required=True, help='an .npz written by sddit.sample (arr_0, arr_1) or a folder of images')
-    p.add_argument('--ref', required=True, help="digits (held-out split), an ADM reference batch .npz (mu, sigma[, arr_0]) or a folder of images")
+    p = argparse.ArgumentParser(prog='python -m sddit.evaluate',
+                                description='Score samples: FID, IS, KID, precision/recall '
+                                            '(+ class accuracy on digits).')
+    p.add_argument('--samples', required=True,
+                   help='an .npz written by sddit.sample (arr_0, arr_1) or a folder of images')
+    p.add_argument('--ref', required=True,
+                   help="digits (held-out split), an ADM reference batch .npz (mu, sigma[, arr_0]) "
+                        "or a folder of images")
     p.add_argument('--metrics', help=f"comma-separated, from {','.join(METRICS)} (default: all the reference allows)")
-    p.add_argument('--feature-extractor', default='auto', help=f'auto (default), {DIGITS_EXTRACTOR} or {INCEPTION_EXTRACTOR}')
+    p.add_argument('--feature-extractor', default='auto',
+                   help=f'auto (default), {DIGITS_EXTRACTOR} or {INCEPTION_EXTRACTOR}')
     p.add_argument('--fid-weights', help='local copy of the Inception-v3 weights (for machines without internet)')
     p.add_argument('--device', default='cpu', help='cpu (default) or cuda')
     p.add_argument('--batch-size', type=int, default=64)

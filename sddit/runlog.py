@@ -86,7 +86,8 @@ class RunLog:
         with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
         if self.tb is not None:
             for k, v in row.items():
-                if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v): self.tb.add_scalar(k, v, row['step'])
+                if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, row['step'])
             self.tb.flush()
 
     def close(self):

@@ -59,7 +59,7 @@ def dist_env() -> tuple[int, int, int]:
     return get('RANK', 0), get('WORLD_SIZE', 1), get('LOCAL_RANK', 0)
 
 def pick_device(device: str | None = None) -> torch.device:
-    "`device` ('cpu', 'cuda', 'cuda:N'; None: a GPU if there is one) for this process: under torchrun 'cuda' is cuda:LOCAL_RANK."
+    "`device` ('cpu', 'cuda', 'cuda:N'; None: a GPU if any) for this process: under torchrun 'cuda' is cuda:LOCAL_RANK."
     if device is None: device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if not str(device).startswith(('cpu', 'cuda', 'mps')):
         raise SdditError(f"unknown device {device!r}: pass --device cpu or cuda")

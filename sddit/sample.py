@@ -24,7 +24,7 @@ class SampleError(SdditError):
     "A bad setting of the sampler: the command line prints it as one line and exits with code 2."
 
 def sample_labels(n: int, num_classes: int, class_labels=None) -> torch.Tensor | None:
-    "Label of each of `n` samples: `class_labels` (default: all classes) repeated in turn; `None` for an unconditional model."
+    "Label of each of `n` samples: `class_labels` (default: all classes) in turn; `None` for an unconditional model."
     if num_classes == 0:
         if class_labels: raise SampleError("--class-labels given, but the model is unconditional (0 classes)")
         return None
@@ -48,7 +48,7 @@ def decode_latents(vae, z: torch.Tensor, scale: float = LATENT_SCALE) -> torch.T
 @torch.no_grad()
 def sample_batch(model, indices, labels: torch.Tensor | None, steps: int = 40, cfg_scale: float = 1.0, seed: int = 0,
                  vae=None, **kw) -> torch.Tensor:
-    "Images (N×C×H×W in [−1, 1], on the CPU) of the samples `indices` from an `EDMPrecond` model, decoded by `vae` if given."
+    "Images (N×C×H×W in [−1, 1], on the CPU) of samples `indices` of an `EDMPrecond` model, decoded by `vae` if given."
     cfg = model.net.cfg
     device = next(model.parameters()).device
     noise = sample_noise(indices, (cfg.in_channels, cfg.input_size, cfg.input_size), seed).to(device)
@@ -73,7 +73,7 @@ def image_shape(model, vae=None) -> tuple[int, int, int]:
 
 def sample_images(model, n: int, steps: int = 40, cfg_scale: float = 1.0, seed: int = 0, batch_size: int = 64,
                   class_labels=None, vae=None, progress: bool = True):
-    "`n` samples as (uint8 N×H×W×C array, labels array or None); under `torchrun` rank 0 gets them all, other ranks (None, None)."
+    "`n` samples as (uint8 N×H×W×C images, labels or None); under `torchrun` rank 0 gets all, other ranks (None, None)."
     from tqdm.auto import tqdm
     if n < 1: raise SampleError(f"--n must be a positive integer, got {n}")
     if batch_size < 1: raise SampleError(f"--per-proc-batch-size must be a positive integer, got {batch_size}")
@@ -108,7 +108,8 @@ def sample_images(model, n: int, steps: int = 40, cfg_scale: float = 1.0, seed: 
 # %% ../nbs/07a_sample.ipynb #1777acd5
 def save_npz(path, images: np.ndarray, labels: np.ndarray | None = None):
     "ADM's sample file: `arr_0` uint8 N×H×W×C, `arr_1` labels (if any); written atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
     with open(tmp, 'wb') as f:
         np.savez(f, images) if labels is None else np.savez(f, images, np.asarray(labels, dtype=np.int64))
@@ -119,15 +120,18 @@ def save_grid(path, images: np.ndarray, ncols: int = 10, max_images: int = 100, 
     from PIL import Image
     x = images[:max_images]
     n, h, w, c = x.shape
-    ncols = max(1, min(ncols, n)); nrows = math.ceil(n / ncols)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
     s = max(1, math.ceil(min_cell / max(h, w)))
     pad = 2
     grid = np.full((nrows * (h * s + pad) + pad, ncols * (w * s + pad) + pad, c), 255, np.uint8)
     for i in range(n):
         r, q = divmod(i, ncols)
         cell = x[i].repeat(s, 0).repeat(s, 1)
-        grid[pad + r * (h * s + pad):pad + r * (h * s + pad) + h * s, pad + q * (w * s + pad):pad + q * (w * s + pad) + w * s] = cell
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        grid[pad + r * (h * s + pad):pad + r * (h * s + pad) + h * s,
+             pad + q * (w * s + pad):pad + q * (w * s + pad) + w * s] = cell
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
     return grid
 
@@ -137,7 +141,8 @@ DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'      # the VAE of the paper's latents 
 # %% ../nbs/07a_sample.ipynb #1b134e26
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='python -m sddit.sample',
-                                description='Sample from a checkpoint (EMA weights) into an ADM-format .npz and a grid.')
+                                description='Sample from a checkpoint (EMA weights) into an ADM-format .npz '
+                                            'and a grid.')
     p.add_argument('--ckpt', required=True, help='run folder or ckpt.pt written by sddit.train')
     p.add_argument('--n', '--num-samples', dest='n', type=int, default=100,
                    help='number of samples (default 100); under torchrun spell it --num-samples')
@@ -158,15 +163,19 @@ def parse_args(argv=None):
 
 def _check(a):
     for k in ('n', 'sample_steps', 'per_proc_batch_size'):
-        if getattr(a, k) <= 0: raise SampleError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(a, k)}")
+        if getattr(a, k) <= 0:
+            raise SampleError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(a, k)}")
     if a.grid < 0: raise SampleError(f"--grid must be ≥ 0, got {a.grid}")
     out = Path(a.out)
-    if out.suffix not in ('.npz', '.png'): raise SampleError(f"--out {a.out}: end it in .npz (samples + grid) or .png (grid only)")
+    if out.suffix not in ('.npz', '.png'):
+        raise SampleError(f"--out {a.out}: end it in .npz (samples + grid) or .png (grid only)")
     if out.is_dir(): raise SampleError(f"--out {a.out} is a folder: pass a file name ending in .npz or .png")
-    if not Path(a.ckpt).exists():                       # a folder is checked by load_model (it finds the newest checkpoint)
-        raise SampleError(f"--ckpt {a.ckpt}: no checkpoint there; pass a run folder or a ckpt.pt written by sddit.train")
+    if not Path(a.ckpt).exists():      # a folder is checked by load_model (it finds the newest checkpoint)
+        raise SampleError(f"--ckpt {a.ckpt}: no checkpoint there; "
+                          "pass a run folder or a ckpt.pt written by sddit.train")
     try: labels = [int(c) for c in a.class_labels.split(',')] if a.class_labels else None
-    except ValueError: raise SampleError(f"--class-labels {a.class_labels!r}: give comma-separated integers, e.g. 3,7") from None
+    except ValueError:
+        raise SampleError(f"--class-labels {a.class_labels!r}: give comma-separated integers, e.g. 3,7") from None
     return out, labels
 
 def _load(a, device):
@@ -178,7 +187,8 @@ def _load(a, device):
         why = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise SampleError(f"--ckpt {a.ckpt}: cannot load it ({type(e).__name__}: {why})") from None
     if model.net.cfg.in_channels == 4: return model, load_vae(a.vae or DEFAULT_VAE).to(device)
-    if a.vae: raise SampleError(f"--vae given, but {a.ckpt} is a pixel-space model ({model.net.cfg.in_channels} channels)")
+    if a.vae:
+        raise SampleError(f"--vae given, but {a.ckpt} is a pixel-space model ({model.net.cfg.in_channels} channels)")
     return model, None
 
 def write(out: Path, images, labels, ncols: int, grid: int):

@@ -101,7 +101,8 @@ def bench_step(preset: str = 'digits', method: str = 'sddit', precision: str = '
     macs = analytic_macs(tc, ncfg, lcfg) * B
     tflops = 2 * macs / (ms / 1000) / 1e12
     cuda = device.type == 'cuda'
-    mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    mem = (torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
     return dict(preset=preset, model=tc.net.model, method=method, variant=variant, precision=precision, batch=B,
                 compile=compile, ms=round(ms, 2), ms_iqr=round(q3 - q1, 2), steps_per_s=round(1000 / ms, 3),
                 img_per_s=round(B * 1000 / ms, 1), gmacs_per_img=round(macs / B / 1e9, 4), tflops=round(tflops, 4),
@@ -129,8 +130,9 @@ def format_table(rows: list) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/13_bench.ipynb #769e5c7d
-ABLATIONS = {'trainer as is': {}, 'foreach AdamW': dict(adamw='foreach'), 'attention written out': dict(attention='math'),
-             'plain L_D': dict(distill_chunk=0), 'bf16 autocast': dict(precision='bf16')}
+ABLATIONS = {'trainer as is': {}, 'foreach AdamW': dict(adamw='foreach'),
+             'attention written out': dict(attention='math'), 'plain L_D': dict(distill_chunk=0),
+             'bf16 autocast': dict(precision='bf16')}
 
 # %% ../nbs/13_bench.ipynb #fee0fc75
 def parse_runs(runs: list) -> list:
@@ -176,7 +178,8 @@ def run_bench(argv=None):
                           file=sys.stderr)
     print(format_table(rows))
     if a.json:
-        with open(a.json, 'w') as f: json.dump(dict(rows=rows, torch=str(torch.__version__), argv=sys.argv[1:]), f, indent=1)
+        with open(a.json, 'w') as f:
+            json.dump(dict(rows=rows, torch=str(torch.__version__), argv=sys.argv[1:]), f, indent=1)
         print(f'wrote {a.json}')
     return rows
 

@@ -29,7 +29,7 @@ class LatentsError(SdditError):
     "A bad setting or input of the latent encoder: the command line prints it as one line and exits with code 2."
 
 def random_vae(config: dict | None = None, seed: int = 0):
-    "An `AutoencoderKL` with random weights from `config` (default: sd-vae-ft-ema's architecture), for tests and benchmarks."
+    "An `AutoencoderKL` with random weights from `config` (default: sd-vae-ft-ema's), for tests and benchmarks."
     from diffusers import AutoencoderKL
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -37,7 +37,7 @@ def random_vae(config: dict | None = None, seed: int = 0):
     return vae.eval().requires_grad_(False)
 
 def load_vae(name: str):
-    "A diffusers `AutoencoderKL` from a local folder or a Hugging Face id (offline: from the cache); one clear error otherwise."
+    "A diffusers `AutoencoderKL` from a local folder or a Hugging Face id (offline: the cache); else one clear error."
     from diffusers import AutoencoderKL
     from diffusers.utils import logging as dlogging
     p, kw = Path(name).expanduser(), {}
@@ -52,7 +52,8 @@ def load_vae(name: str):
     elif name.startswith(('.', '/', '~')) or name.count('/') != 1:
         raise LatentsError(f'--vae {name}: no such folder, and not a Hugging Face id such as stabilityai/sd-vae-ft-ema')
     else: src = None
-    verbosity = dlogging.get_verbosity(); dlogging.set_verbosity_error()
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -60,9 +61,10 @@ def load_vae(name: str):
     except Exception as e:
         if src is None:
             local = name.split('/')[-1]
-            raise LatentsError(f"cannot load the VAE '{name}': it is not in this machine's Hugging Face cache and cannot be "
-                               f"downloaded (offline). On a machine with internet run `hf download {name} --local-dir {local}`, "
-                               f"copy the folder here and pass --vae ./{local}") from e
+            raise LatentsError(f"cannot load the VAE '{name}': it is not in this machine's Hugging Face cache and "
+                               f"cannot be downloaded (offline). On a machine with internet run "
+                               f"`hf download {name} --local-dir {local}`, copy the folder here "
+                               f"and pass --vae ./{local}") from e
         raise LatentsError(f'--vae {name}: cannot load it as an AutoencoderKL: {type(e).__name__}: '
                            f'{str(e).strip().splitlines()[0] if str(e).strip() else ""}') from e
     finally: dlogging.set_verbosity(verbosity)
@@ -84,15 +86,17 @@ def shard_name(k: int) -> str: return f'shard-{k:05d}.safetensors'
 def _sha1(lines) -> str: return hashlib.sha1('\n'.join(lines).encode()).hexdigest()
 
 class EncodingPlan:
-    "What to encode where: the sorted images of `images`, cut into shards of `shard_size`, with each shard's fingerprint."
+    "What to encode where: the sorted images of `images` in shards of `shard_size`, with each shard's fingerprint."
     def __init__(self, images, out, vae_name: str, *, shard_size: int = 10_000, image_size: int = 256,
                  store: str = 'mean_std', dtype: str = 'float32', seed: int = 0, scale: float = LATENT_SCALE):
         if store not in STORES: raise LatentsError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
         if dtype not in DTYPES: raise LatentsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         for k, v in dict(shard_size=shard_size, image_size=image_size).items():
-            if not (isinstance(v, int) and v > 0): raise LatentsError(f"--{k.replace('_', '-')} must be a positive integer, got {v}")
+            if not (isinstance(v, int) and v > 0):
+                raise LatentsError(f"--{k.replace('_', '-')} must be a positive integer, got {v}")
         self.images, self.out = Path(images).resolve(), Path(out)
-        if self.out.exists() and not self.out.is_dir(): raise LatentsError(f'--out {out} is a file: give a folder for the latents')
+        if self.out.exists() and not self.out.is_dir():
+            raise LatentsError(f'--out {out} is a file: give a folder for the latents')
         try: self.paths, self.labels, self.classes = find_images(images)
         except (FileNotFoundError, ValueError) as e: raise LatentsError(f'--images {images}: {e}') from None
         self.vae_name, self.shard_size, self.image_size, self.store, self.dtype, self.seed, self.scale = \
@@ -111,10 +115,11 @@ class EncodingPlan:
     def fingerprint(self, k: int) -> dict:
         a, b = self.ranges[k]
         return {**self.settings, 'first': a, 'stop': b, 'files_sha1': _sha1(self.paths[a:b])}
-    def shards_of(self, rank: int = 0, world_size: int = 1) -> list[int]: return list(range(rank, len(self), world_size))
+    def shards_of(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        return list(range(rank, len(self), world_size))
 
     def is_done(self, k: int) -> bool:
-        "Shard `k` is on disk from this very encoding (False if absent or unreadable; an error if from another encoding)."
+        "Shard `k` is on disk from this very encoding (False if absent or unreadable; an error if from another one)."
         f = self.out / shard_name(k)
         if not f.exists(): return False
         try: meta = read_shard_meta(f)
@@ -144,18 +149,21 @@ def _collate(items):
 def encode_shards(plan: EncodingPlan, vae, *, rank: int = 0, world_size: int = 1, batch_size: int = 32,
                   device='cpu', workers: int = 0, progress: bool = True, on_shard=None) -> list[int]:
     "Encode the unfinished shards of this rank (k ≡ rank mod world_size); returns the shard indices it wrote."
-    if not (isinstance(batch_size, int) and batch_size > 0): raise LatentsError(f'--per-proc-batch-size must be a positive integer, got {batch_size}')
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise LatentsError(f'--per-proc-batch-size must be a positive integer, got {batch_size}')
     mine = plan.shards_of(rank, world_size)
     todo = [k for k in mine if not plan.is_done(k)]
     if progress and len(todo) < len(mine):
-        print(f'resuming {plan.out}: {len(mine) - len(todo)} of {len(mine)} shards of rank {rank} already written, {len(todo)} to go')
+        print(f'resuming {plan.out}: {len(mine) - len(todo)} of {len(mine)} shards of rank {rank} already written, '
+              f'{len(todo)} to go')
     if not todo: return []
     plan.out.mkdir(parents=True, exist_ok=True)
     vae = vae.to(device)
     batches = [list(range(s, min(s + batch_size, plan.ranges[k][1]))) for k in todo
                for s in range(plan.ranges[k][0], plan.ranges[k][1], batch_size)]
     loader = torch.utils.data.DataLoader(_Crops(plan.images, plan.paths, plan.image_size), batch_sampler=batches,
-                                         num_workers=workers, collate_fn=_collate, pin_memory=str(device).startswith('cuda'))
+                                         num_workers=workers, collate_fn=_collate,
+                                         pin_memory=str(device).startswith('cuda'))
     bar = tqdm(total=sum(len(b) for b in batches), unit='img', disable=not progress, dynamic_ncols=True,
                desc=f'encoding {len(todo)} shards' + (f' (rank {rank}/{world_size})' if world_size > 1 else ''))
     written, acc = [], None
@@ -166,11 +174,15 @@ def encode_shards(plan: EncodingPlan, vae, *, rank: int = 0, world_size: int = 1
         acc['failures'] += [{'path': plan.paths[i], 'error': e} for i, e in zip(idx, errors) if e is not None]
         if ok:
             mu, sd = encode_pairs(vae, x.to(device, non_blocking=True), plan.scale)
-            acc['mean'].append(mu.cpu()); acc['std'].append(sd.cpu()); acc['index'] += ok
+            acc['mean'].append(mu.cpu())
+            acc['std'].append(sd.cpu())
+            acc['index'] += ok
         bar.update(len(idx))
         if idx[-1] + 1 == plan.ranges[k][1]:                                 # the shard's last batch
-            _save(plan, k, acc, lambda: encode_pairs(vae, torch.zeros(1, 3, plan.image_size, plan.image_size))[0].shape[2:])
-            written.append(k); acc = None
+            _save(plan, k, acc,
+                  lambda: encode_pairs(vae, torch.zeros(1, 3, plan.image_size, plan.image_size))[0].shape[2:])
+            written.append(k)
+            acc = None
             if on_shard is not None: on_shard(k)
     bar.close()
     return written
@@ -208,7 +220,8 @@ def write_manifest(plan: EncodingPlan, vae_config: dict | None = None) -> dict:
         shards.append({'file': f.name, 'count': meta['count'], 'first': a, 'stop': b})
         failures += meta['failures']
     for tmp in plan.out.glob('.shard-*.tmp*'): tmp.unlink(missing_ok=True)  # leftovers of killed runs
-    cfg = {k: v for k, v in (vae_config or {}).items() if not k.startswith('_') and isinstance(v, (int, float, str, list, tuple, bool, type(None)))}
+    cfg = {k: v for k, v in (vae_config or {}).items()
+           if not k.startswith('_') and isinstance(v, (int, float, str, list, tuple, bool, type(None)))}
     m = latent_manifest(shards, plan.classes, shape, plan.store, plan.dtype, plan.scale,
                         images=str(plan.images), num_images=len(plan.paths), num_failures=len(failures),
                         failures=failures, class_counts=counts, vae=plan.vae_name, vae_config=cfg,
@@ -221,21 +234,26 @@ def encode_folder(images, out, vae, vae_name: str = 'vae', *, batch_size: int = 
                   progress: bool = True, on_shard=None, **plan_kw) -> dict:
     "One process, start to end (or from where a killed run stopped): encode every shard, write and return the manifest."
     plan = EncodingPlan(images, out, vae_name, **plan_kw)
-    encode_shards(plan, vae, batch_size=batch_size, device=device, workers=workers, progress=progress, on_shard=on_shard)
+    encode_shards(plan, vae, batch_size=batch_size, device=device, workers=workers, progress=progress,
+                  on_shard=on_shard)
     return write_manifest(plan, dict(vae.config))
 
 # %% ../nbs/10_latents.ipynb #f28a9343
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='python -m sddit.latents',
-                                description='Encode an ImageNet-style image folder into SD-VAE latent shards + manifest.json.')
+                                description='Encode an ImageNet-style image folder into SD-VAE latent shards '
+                                            '+ manifest.json.')
     p.add_argument('--images', required=True, help='class-folder tree: DIR/<class>/<image> (ImageNet train/)')
     p.add_argument('--out', required=True, help='latent folder (an unfinished one is resumed)')
-    p.add_argument('--vae', help='Hugging Face id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder')
-    p.add_argument('--vae-config', help="random weights for tests and benchmarks: 'sd-vae-ft-ema' or an AutoencoderKL config.json")
+    p.add_argument('--vae',
+                   help='Hugging Face id (stabilityai/sd-vae-ft-ema) or a local diffusers AutoencoderKL folder')
+    p.add_argument('--vae-config',
+                   help="random weights for tests and benchmarks: 'sd-vae-ft-ema' or an AutoencoderKL config.json")
     p.add_argument('--per-proc-batch-size', '--batch-size', dest='batch_size', type=int, default=32,
                    help='images per VAE call and process (each also mirrored); default 32')
     p.add_argument('--shard-size', type=int, default=10_000, help='images per shard; default 10000')
-    p.add_argument('--store', default='mean_std', help="mean_std (default: s·μ and s·σ) or sample (one draw s·(μ + σε))")
+    p.add_argument('--store', default='mean_std',
+                   help="mean_std (default: s·μ and s·σ) or sample (one draw s·(μ + σε))")
     p.add_argument('--dtype', default='float32', help='storage dtype: float32 (default), float16 or bfloat16')
     p.add_argument('--image-size', type=int, default=256, help='ADM centre crop size; default 256 (latents 4×32×32)')
     p.add_argument('--device', help='cuda (default when available, each torchrun process its LOCAL_RANK) or cpu')
@@ -245,14 +263,16 @@ def parse_args(argv=None):
 
 def _vae_from_args(a):
     if (a.vae is None) == (a.vae_config is None):
-        raise LatentsError('give exactly one of --vae ID|PATH (stabilityai/sd-vae-ft-ema) and --vae-config (random weights)')
+        raise LatentsError('give exactly one of --vae ID|PATH (stabilityai/sd-vae-ft-ema) '
+                           'and --vae-config (random weights)')
     if a.vae: return load_vae(a.vae), a.vae
     if a.vae_config == 'sd-vae-ft-ema': cfg = SD_VAE_FT_EMA_CONFIG
     else:
         try: cfg = json.loads(Path(a.vae_config).read_text())
         except (OSError, ValueError) as e: raise LatentsError(f'--vae-config {a.vae_config}: {e}') from None
     try: vae = random_vae(cfg, a.seed)
-    except Exception as e: raise LatentsError(f'--vae-config {a.vae_config}: not an AutoencoderKL config: {e}') from None
+    except Exception as e:
+        raise LatentsError(f'--vae-config {a.vae_config}: not an AutoencoderKL config: {e}') from None
     return vae, f'random:{Path(a.vae_config).name}:seed={a.seed}'
 
 def run_latents(argv=None):
@@ -264,7 +284,8 @@ def run_latents(argv=None):
         plan = EncodingPlan(a.images, a.out, '', shard_size=a.shard_size, image_size=a.image_size,
                             store=a.store, dtype=a.dtype, seed=a.seed)   # bad folders fail before the VAE loads
         vae, plan.vae_name = _vae_from_args(a)
-        kill_after, done = int(os.environ.get('SDDIT_LATENTS_KILL_AFTER_SHARDS', 0)), []   # tests: SIGKILL after n shards
+        # tests: SIGKILL after n shards
+        kill_after, done = int(os.environ.get('SDDIT_LATENTS_KILL_AFTER_SHARDS', 0)), []
         def on_shard(k):
             done.append(k)
             if kill_after and len(done) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)

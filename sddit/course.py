@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_course.ipynb #ea59c337
 from __future__ import annotations
-import argparse, configparser, datetime, difflib, hashlib, json, os, subprocess, sys, time
+import argparse, configparser, datetime, difflib, hashlib, json, os, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +18,11 @@ from .masking import random_mask, mask_to_image
 
 # %% auto #0
 __all__ = ['TRACKS', 'LESSONS', 'GEN', 'DISC', 'EMA_GREY', 'FIGURES', 'SKIP_FLAGS', 'MANIFEST_FORMAT', 'TIMES_FORMAT',
-           'TABLES_MARK', 'Lesson', 'repo_root', 'nbs_dir', 'notebook_paths', 'sddit_overview', 'noise_strip',
-           'student_view', 'ideal_denoiser_strip', 'make_figures', 'cell_skipped', 'run_notebook', 'code_hashes',
-           'load_manifest', 'check_outputs', 'execute_notebooks', 'load_times', 'measure_times', 'course_tables',
-           'write_course_tables', 'write_readme', 'main']
+           'TABLES_MARK', 'LESSON_MODEL', 'Lesson', 'repo_root', 'nbs_dir', 'notebook_paths', 'sddit_overview',
+           'noise_strip', 'student_view', 'ideal_denoiser_strip', 'make_figures', 'cell_skipped', 'run_notebook',
+           'code_hashes', 'load_manifest', 'check_outputs', 'execute_notebooks', 'load_times', 'measure_times',
+           'course_tables', 'write_course_tables', 'write_readme', 'lesson_model_path', 'slim_checkpoint',
+           'build_lesson_model', 'main']
 
 # %% ../nbs/14_course.ipynb #10ec8ecd
 TRACKS = ('core', 'run and read', 'engineering', 'instructors')
@@ -480,6 +481,34 @@ def write_readme(index=None) -> Path:
     (root / 'README.md').write_text(md)
     return root / 'README.md'
 
+# %% ../nbs/14_course.ipynb #d76c2bac
+LESSON_MODEL = 'assets/digits-default.pt'      # in nbs/
+
+def lesson_model_path(root=None) -> Path:
+    "Where the lessons' trained model lives (it may not exist yet: `python -m sddit.course model`)."
+    return nbs_dir(root) / LESSON_MODEL
+
+def slim_checkpoint(st: dict) -> dict:
+    "What the lessons keep of a training checkpoint: config, step, EMA weights, head and centres, in float16."
+    def half(sd): return {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    keep = dict(config=st['config'], step=st['step'], ema=half(st['ema']))
+    if 'head' in st: keep.update(head=half(st['head']), dino=st['dino'])
+    return keep
+
+def build_lesson_model(path=None, run=None) -> Path:
+    "Train the default digits run (or take finished run folder `run`) and write its slim checkpoint to `path`."
+    from sddit.config import TrainConfig
+    from sddit.train import train
+    from sddit.checkpoint import load_checkpoint
+    from sddit.runtime import atomic_write
+    path = Path(path) if path else lesson_model_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        run = Path(run) if run else train(TrainConfig(out=str(Path(d) / 'run')))
+        small = slim_checkpoint(load_checkpoint(run / 'ckpt.pt', mmap=False))
+        atomic_write(path, lambda tmp: torch.save(small, tmp))
+    return path
+
 # %% ../nbs/14_course.ipynb #fbc9c45c
 def main(argv=None) -> int:
     "python -m sddit.course figures | tables | times | execute | check"
@@ -489,6 +518,7 @@ def main(argv=None) -> int:
     f = sub.add_parser('figures', help="regenerate the README's pictures")
     f.add_argument('--out', help='folder for the PNGs (default: nbs/images)')
     sub.add_parser('tables', help="rewrite the course tables of nbs/index.ipynb and README.md from the recorded times")
+    sub.add_parser('model', help=f"train the default digits run and keep the lessons' model in nbs/{LESSON_MODEL}")
     t = sub.add_parser('times', help='run each lesson in a fresh kernel and print its seconds')
     t.add_argument('nb', nargs='*', help='notebooks (default: every lesson)')
     t.add_argument('--timeout', type=float, default=600, help='seconds per cell')
@@ -506,6 +536,8 @@ def main(argv=None) -> int:
             for path in make_figures(a.out): print(path)
         elif a.cmd == 'tables':
             print(write_course_tables(load_times()))
+        elif a.cmd == 'model':
+            print(build_lesson_model())
         elif a.cmd == 'times':
             rec = measure_times(notebook_paths(a.nb), a.timeout)
             if a.write:

@@ -16,6 +16,7 @@ from matplotlib.patches import Patch, Rectangle
 import ipywidgets as W
 
 from .data import load_digits_tensors
+from .course import lesson_model_path, repo_root
 from .edm import EDMPrecond, add_noise, edm_coefficients, lognormal_pdf, P_mean, P_std, sigma_min, sigma_max
 from .masking import random_mask, mask_to_image, num_visible
 from .dit import SDDiT, model_config
@@ -33,8 +34,13 @@ __all__ = ['SIGMA_T', 'MASK_METHODS', 'HIDDEN_CMAP', 'default_ckpt', 'as_images'
 SIGMA_T = sigma_min   # the teacher's noise level σ_T = 0.002 of the paper (§3.4); 11a_teacher_view moves it
 
 def default_ckpt(env: str = 'SDDIT_CKPT') -> str | None:
-    "The checkpoint the explorer starts from: the run folder or ckpt.pt named by `$SDDIT_CKPT`, else None (random)."
-    return os.environ.get(env) or None
+    "The explorer's checkpoint: `$SDDIT_CKPT`, else the lessons' trained model (`14_course`) if there, else None."
+    if os.environ.get(env): return os.environ[env]
+    for start in (Path.cwd(), Path(__file__).resolve().parent):      # a clone: nbs/assets/digits-default.pt
+        try: path = lesson_model_path(repo_root(start))
+        except FileNotFoundError: continue
+        if path.is_file(): return str(path)
+    return None
 
 def as_images(x) -> torch.Tensor:
     "An image batch as a float tensor N×C×H×W in [−1, 1]; also takes C×H×W or H×W arrays."

@@ -19,7 +19,8 @@ from .dit import SDDiT, DiTConfig
 from .losses import LossConfig, training_losses
 from .dino import DINOHead, DINOLoss
 from .teacher import Teacher, teacher_momentum, lerp_params_
-from .checkpoint import CKPT, write_checkpoint, remove_partial_checkpoints, latest_checkpoint, set_aside
+from .checkpoint import (CKPT, write_checkpoint, remove_partial_checkpoints, latest_checkpoint, set_aside,
+                              load_checkpoint)
 from .config import (TrainConfig, RunConfig, RecipeConfig, LogConfig, ConfigError, resolve_config, net_config,
                           loss_config, parse_args)
 from .runlog import StepMeter, RunLog, plot_loss, plot_fid, save_samples
@@ -196,17 +197,19 @@ def compile_parts(p: Parts):
     if p.teacher is not None: p.teacher.encoder.compile()
 
 def load_state(p: Parts, st: dict, lr: float | None = None):
-    "Load a checkpoint's states into `p` (the learning rate of a resumed run may change: `lr`)."
-    p.model.load_state_dict(st['model'])
+    "Load a checkpoint's states into `p` (a resumed run's learning rate may change: `lr`); a slim one: what it has."
+    p.model.load_state_dict(st['model'] if 'model' in st else st['ema'])
     p.ema.load_state_dict(st['ema'])
-    p.opt.load_state_dict(st['opt'])
-    for g in p.opt.param_groups:                                       # the kernel is this run's
-        g.update(lr=lr if lr is not None else g['lr'], fused=p.opt.defaults.get('fused'),
-                 foreach=p.opt.defaults.get('foreach'))
+    if 'opt' in st:
+        p.opt.load_state_dict(st['opt'])
+        for g in p.opt.param_groups:                                   # the kernel is this run's
+            g.update(lr=lr if lr is not None else g['lr'], fused=p.opt.defaults.get('fused'),
+                     foreach=p.opt.defaults.get('foreach'))
     if p.head is not None:
         p.head.load_state_dict(st['head'])
-        p.teacher.load_state_dict(st['teacher'])
         p.dino.load_state_dict(st['dino'])
+        if 'teacher' in st: p.teacher.load_state_dict(st['teacher'])
+        else: p.teacher.update(p.model.net.encoder, p.head, 0.0)        # no teacher kept: the model's encoder, head
 
 def load_run(path, device='cpu') -> tuple[TrainConfig, Parts, int]:
     "A run folder (its newest intact checkpoint) or checkpoint file → (its settings, its parts with their states, its step)."

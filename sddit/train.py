@@ -59,7 +59,7 @@ class TrainData:
     info: dict = field(default_factory=dict)
 
 def open_data(data: str, seed: int = 0, device='cpu') -> TrainData:
-    "The training data `data` ('digits' or a folder of latent shards); a `ConfigError` when shards are missing or broken."
+    "The training data `data` ('digits' or a folder of latent shards); a `ConfigError` for missing or broken shards."
     if data == 'digits':
         ds = load_digits_tensors()
         return TrainData(len(ds.x_train), ds.num_classes, ds.shape, ds.x_train.to(device), ds.y_train.to(device),
@@ -85,7 +85,7 @@ def check_data_shape(tc: TrainConfig, data: TrainData, ncfg: DiTConfig):
 
 # %% ../nbs/09_train.ipynb #2e604178
 class StepBatches(torch.utils.data.Dataset):
-    "Item `step` → (x, y), this rank's contiguous share of global batch `step`: a function of (seed, step, rank, world)."
+    "Item `step` → (x, y), this rank's share of global batch `step`, a function of (seed, step, rank, world)."
     def __init__(self, data: TrainData, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
         self.data, self.batch_size, self.seed, self.rank = data, batch_size, seed, rank
         self.per_rank = micro_batch_size(batch_size, world)
@@ -103,7 +103,7 @@ class StepBatches(torch.utils.data.Dataset):
         first = step * self.batch_size + self.rank * self.per_rank         # position of the first item in the stream
         xs, ys = [], []
         for j, i in enumerate(idx.tolist()):
-            d.shards.set_epoch((first + j) // d.n)                          # flip and posterior noise of (seed, epoch, i)
+            d.shards.set_epoch((first + j) // d.n)              # flip and posterior noise of (seed, epoch, i)
             z, label = d.shards[i]
             xs.append(z)
             ys.append(label)
@@ -111,7 +111,7 @@ class StepBatches(torch.utils.data.Dataset):
 
 def step_batches(data: TrainData, batch_size: int, steps: int, start: int, device, seed: int = 0, rank: int = 0,
                  world: int = 1, workers: int = 0):
-    "Yield this rank's (x, y) for steps `start` … `steps` − 1 on `device` (latents through a DataLoader with workers)."
+    "This rank's (x, y) for steps `start` … `steps` − 1 on `device` (latents through a DataLoader with workers)."
     sb = StepBatches(data, batch_size, seed, rank, world)
     if data.shards is None:
         for s in range(start, steps): yield sb[s]
@@ -212,11 +212,12 @@ def load_state(p: Parts, st: dict, lr: float | None = None):
         else: p.teacher.update(p.model.net.encoder, p.head, 0.0)        # no teacher kept: the model's encoder, head
 
 def load_run(path, device='cpu') -> tuple[TrainConfig, Parts, int]:
-    "A run folder (its newest intact checkpoint) or checkpoint file → (its settings, its parts with their states, its step)."
+    "A run folder (its newest intact checkpoint) or checkpoint file → (settings, parts with their states, step)."
     path = Path(path)
     if path.is_dir(): st = latest_checkpoint(path, warn=lambda m: print(m, file=sys.stderr))[1]
     else: st = load_checkpoint(path) if path.is_file() else None
-    if st is None: raise FileNotFoundError(f"no checkpoint at {path}: pass a run folder or a ckpt.pt written by sddit.train")
+    if st is None:
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a run folder or a ckpt.pt written by sddit.train")
     rec = st['config']
     tc = TrainConfig(**{k: v for k, v in rec['train'].items() if k in TrainConfig().flat()})
     p = build_parts(tc, DiTConfig.from_dict(rec['model']), LossConfig(**rec['loss']), device)
@@ -271,7 +272,7 @@ def train_step(p: Parts, x, y, step: int, run: RunConfig, recipe: RecipeConfig, 
 # %% ../nbs/09_train.ipynb #b7549de9
 @dataclass
 class Run:
-    "One run's fixed facts: settings, processes, data, network and loss configs, folder, record, VAE, a state to resume."
+    "One run's fixed facts: settings, processes, data, network and loss configs, folder, record, VAE, state to resume."
     tc: TrainConfig
     procs: Procs
     data: TrainData
@@ -287,12 +288,14 @@ class Run:
 def checkpoint_compatible(st: dict, record: dict, path: Path):
     "A `ConfigError` when checkpoint `st` was written by a run with other settings than `record`."
     old, new = st['config'].get('train', {}), record['train']
-    for k in ('preset', 'method', 'model', 'batch_size', 'seed', 'head_out_dim', 'head_hidden_dim', 'head_bottleneck_dim'):
+    for k in ('preset', 'method', 'model', 'batch_size', 'seed',
+              'head_out_dim', 'head_hidden_dim', 'head_bottleneck_dim'):
         if k in old and old[k] != new[k]:
             raise ConfigError(f"{path} was written by a run with --{k.replace('_', '-')} {old[k]}, this one has "
                               f"{new[k]}: pass a new --out, or the same settings to resume it")
     od, nd = st['config'].get('data'), record['data']                  # the data may move, but not change
-    if od is not None and (od.get('kind'), od.get('n'), od.get('num_classes')) != (nd['kind'], nd['n'], nd['num_classes']):
+    facts = lambda d: (d.get('kind'), d.get('n'), d.get('num_classes'))
+    if od is not None and facts(od) != facts(nd):
         raise ConfigError(f"{path} was trained on {od.get('n')} {od.get('kind')} items of {od.get('num_classes')} "
                           f"classes, --data {new['data']} holds {nd['n']} of {nd['num_classes']}: pass a new --out, "
                           f"or the same data to resume it")
@@ -319,7 +322,8 @@ def open_run(tc: TrainConfig, quiet: bool = False) -> Run:
         vae = load_vae(tc.log.vae).to(procs.device)
     record = dict(train=tc.flat(), model=asdict(ncfg), loss=asdict(lcfg), data=data.info,
                   mask_fraction=lcfg.mask_fraction(ncfg.num_patches),
-                  procs=dict(world_size=procs.world, micro_batch=micro, accum=tc.run.accum), torch=str(torch.__version__))
+                  procs=dict(world_size=procs.world, micro_batch=micro, accum=tc.run.accum),
+                  torch=str(torch.__version__))
     unreadable = []
     warn = (lambda m: print(m, file=sys.stderr)) if procs.main else None
     ckpt, st = latest_checkpoint(out, warn=warn, skipped=unreadable)
@@ -352,20 +356,22 @@ def start(run: Run, quiet: bool = False) -> tuple[Parts, int, int, RunLog | None
     log = None
     if procs.main:
         (run.out / 'samples' if tc.log.sample_every else run.out).mkdir(parents=True, exist_ok=True)
-        for f in remove_partial_checkpoints(run.out): say(f'removed {f}, left by a checkpoint write that was interrupted')
+        for f in remove_partial_checkpoints(run.out):
+            say(f'removed {f}, left by a checkpoint write that was interrupted')
         for f in run.unreadable: print(f'kept the unreadable {f.name} as {set_aside(f).name}', file=sys.stderr)
         (run.out / 'config.json').write_text(json.dumps(run.record, indent=1))
         log = RunLog.resume(run.out, step, quiet=quiet)
     return parts, step, skipped, log
 
 def save_state(run: Run, p: Parts, step: int, skipped: int, protect: Path | None = None) -> Path:
-    "Rank 0 writes the state every rank holds (DDP keeps them equal) as `ckpt-<step>.pt` and `ckpt.pt`; returns the file."
+    "Rank 0 writes the state every rank holds (DDP keeps it equal) as `ckpt-<step>.pt` and `ckpt.pt`; returns the file."
     tc = run.tc
     state = dict(model=p.model.state_dict(), ema=p.ema.state_dict(), opt=p.opt.state_dict(), config=run.record,
                  skipped=skipped, rng_cpu=torch.get_rng_state(),
                  data=dict(position=step * tc.run.batch_size, global_batch=tc.run.batch_size, n=run.data.n,
                            seed=tc.run.seed))
-    if p.head is not None: state.update(head=p.head.state_dict(), teacher=p.teacher.state_dict(), dino=p.dino.state_dict())
+    if p.head is not None:
+        state.update(head=p.head.state_dict(), teacher=p.teacher.state_dict(), dino=p.dino.state_dict())
     if run.procs.device.type == 'cuda': state['rng_cuda'] = torch.cuda.get_rng_state()
     return write_checkpoint(run.out, step, state, keep=tc.log.keep_ckpts, protect=protect)
 
@@ -397,7 +403,8 @@ def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
     if log is None: return
     if due_eval:
         row.update(evaluate_ema(p.ema, tc.log, tc.run.seed))
-        plot_fid(log.rows + [row], run.out / 'fid.png', f'{tc.recipe.method}, {tc.preset}: EMA model, CFG {tc.log.cfg_scale:g}')
+        title = f'{tc.recipe.method}, {tc.preset}: EMA model, CFG {tc.log.cfg_scale:g}'
+        plot_fid(log.rows + [row], run.out / 'fid.png', title)
     log.write(row)
 
 def samples(run: Run, p: Parts, path: Path, title: str):
@@ -437,7 +444,8 @@ def train(tc: TrainConfig, quiet: bool = False) -> Path:
                 if due_log:
                     row = meter.row(step, sums, n_bad)
                     now = time.time()
-                    row.update(skipped=skipped + n_bad, lr=lr_at(step - 1, rn.lr, rn.lr_warmup), time=round(now - t_start, 3),
+                    row.update(skipped=skipped + n_bad, lr=lr_at(step - 1, rn.lr, rn.lr_warmup),
+                               time=round(now - t_start, 3),
                                train_time=round(now - t_start - t_aside, 3), steps_per_s=meter.speed(),
                                mask_fraction=run.record['mask_fraction'])
                     if run.lcfg.disc:
@@ -479,7 +487,8 @@ def train(tc: TrainConfig, quiet: bool = False) -> Path:
         last_good = save_state(run, p, step, skipped, protect=last_good)
     return finish(run, p, step, log, stop_name, time.time() - t_start, quiet)
 
-def finish(run: Run, p: Parts, step: int, log: RunLog | None, stop_name: str | None, seconds: float, quiet: bool) -> Path:
+def finish(run: Run, p: Parts, step: int, log: RunLog | None, stop_name: str | None, seconds: float,
+           quiet: bool) -> Path:
     "The last files (loss.png, samples.png), where everything is, and a stop that says how to resume (exit code 130)."
     procs, tc = run.procs, run.tc
     procs.barrier()                                                    # nobody leaves while rank 0 is writing

@@ -74,13 +74,13 @@ def teacher_temp(step: int, warmup_steps: int, tau_t: float = 0.07, tau_t_warmup
 
 # %% ../nbs/04_dino.ipynb #00c66518
 def teacher_probs(t_logits: torch.Tensor, center: torch.Tensor, tau_t: float) -> torch.Tensor:
-    "P_T = softmax((t − c)/τ_T): the centred, sharpened teacher distribution (no gradient)."
+    "P_T = softmax((t − C)/τ_T): the centred, sharpened teacher distribution (no gradient)."
     ### BEGIN SOLUTION
     return ((t_logits.detach().float() - center) / tau_t).softmax(dim=-1)
     ### END SOLUTION
 
 def update_center(center: torch.Tensor, batch_mean: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
-    "c ← m·c + (1 − m)·mean of the teacher's logits; the mean is averaged over processes when distributed."
+    "C ← m·C + (1 − m)·mean of the teacher's logits; the mean is averaged over processes when distributed."
     batch_mean = batch_mean.detach().float().clone()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(batch_mean)

@@ -27,14 +27,14 @@ def unpatchify(t: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
 # %% ../nbs/02_masking.ipynb #41b15f39
 @dataclass
 class Mask:
-    "A per-sample random mask: `ids_keep` N×K (visible tokens), `ids_restore` N×L, `mask` N×L (1 = removed)."
+    "A per-sample random mask: `ids_keep` N×n_vis (visible tokens), `ids_restore` N×L, `mask` N×L (1 = removed)."
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
     mask: torch.Tensor
 
     @property
     def ids_masked(self) -> torch.Tensor:
-        "Indices of the invisible (removed) tokens, N×(L−K)."
+        "Indices of the invisible (removed) tokens, N×(L−n_vis)."
         return self.ids_restore.argsort(dim=1)[:, self.ids_keep.shape[1]:]
 
 def num_visible(L: int, mask_ratio: float) -> int:
@@ -44,26 +44,26 @@ def num_visible(L: int, mask_ratio: float) -> int:
 
 def random_mask(N: int, L: int, mask_ratio: float, generator: torch.Generator | None = None, device=None) -> Mask:
     "Draw a per-sample random mask keeping ⌊L(1−r)⌋ of `L` tokens (MAE's argsort-of-noise trick)."
-    K = num_visible(L, mask_ratio)
+    n_vis = num_visible(L, mask_ratio)
     ### BEGIN SOLUTION
     noise = torch.rand(N, L, generator=generator, device=device)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     mask = torch.ones(N, L, device=ids_shuffle.device)
-    mask[:, :K] = 0
-    return Mask(ids_shuffle[:, :K], ids_restore, mask.gather(1, ids_restore))
+    mask[:, :n_vis] = 0
+    return Mask(ids_shuffle[:, :n_vis], ids_restore, mask.gather(1, ids_restore))
     ### END SOLUTION
 
 # %% ../nbs/02_masking.ipynb #8373bd6a
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    "Tokens of `x` (N×L×D) at positions `ids` (N×K) → N×K×D."
+    "Tokens of `x` (N×L×D) at positions `ids` (N×n_vis) → N×n_vis×D."
     ### BEGIN SOLUTION
     return x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
     ### END SOLUTION
 
 # %% ../nbs/02_masking.ipynb #9615f356
 def insert_tokens(base: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    "A copy of `base` (N×L×D) with `tokens` (N×K×D) written at positions `ids` (N×K): the complete token set."
+    "A copy of `base` (N×L×D) with `tokens` (N×n_vis×D) written at positions `ids` (N×n_vis): the complete token set."
     ### BEGIN SOLUTION
     return base.scatter(1, ids[..., None].expand(-1, -1, base.shape[-1]), tokens)
     ### END SOLUTION

@@ -38,6 +38,7 @@ class Lesson:
     read_min: int | None = None   # reading time with the exercises, minutes (an estimate)
     outputs: bool = False         # executed outputs are stored in the repository (`execute`, `check`)
 
+# %% ../nbs/14_course.ipynb #d3fb3893
 LESSONS = [
     Lesson('00_data', 'core', 'sddit.data',
            'the bundled digits in [−1, 1], a stratified held-out split, `show_images`, resumable batches',
@@ -239,6 +240,7 @@ def sddit_overview(index: int = 0, sigma_s: float = 0.5, mask_ratio: float = 0.2
     fig.tight_layout()
     return fig
 
+# %% ../nbs/14_course.ipynb #588fa622
 def noise_strip(index: int = 0, sigmas=(0.002, 0.05, 0.2, 0.5, 1, 2, 5, 80), seed: int = 0):
     "One training digit noised at each σ (Eq. 3): what the student and, at 0.002, the teacher see (01_edm)."
     x0 = load_digits_tensors().x_train[index:index + 1].repeat(len(sigmas), 1, 1, 1)
@@ -472,6 +474,7 @@ def write_course_tables(times: dict | None = None, index=None, readme: bool = Tr
     if readme: write_readme(index)
     return index
 
+# %% ../nbs/14_course.ipynb #83501edf
 def write_readme(index=None) -> Path:
     "README.md from `index` with the command CI checks it against (`jupyter nbconvert --to markdown --stdout`)."
     index = Path(index) if index else nbs_dir() / 'index.ipynb'

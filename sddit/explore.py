@@ -466,6 +466,7 @@ def masks_widget(x0=None, method: str = 'sddit', render: Callable = render_masks
                                            style=dict(button_width='80px')))
     return Explorer('masks', lambda **v: render(x0, **v), controls)
 
+# %% ../nbs/11_explore.ipynb #211f4400
 def sampler_widget(model: EDMPrecond | None = None, ckpt=None, n: int = 8, render: Callable = render_sampler,
                    render_now: bool = True) -> Explorer:
     "Class, steps, CFG scale, churn and seed; sampling waits for the “Sample” button."

@@ -103,6 +103,7 @@ def live_grid(run: LiveRun, per_class: int = 4, steps: int = 10, cfg_scale: floa
     scale = run.tc.log.cfg_scale if cfg_scale is None else cfg_scale
     return generate(run.parts.ema, labels, steps=steps, cfg_scale=scale, seed=run.tc.run.seed)
 
+# %% ../nbs/11b_live.ipynb #e1789459
 def train_live(run: LiveRun, steps: int, every: int = 25, on_update: Callable | None = None,
                should_stop: Callable | None = None, per_class: int = 4, sample_steps: int = 10) -> LiveRun:
     """Train `run` for `steps` more steps with `sddit.train.train_step`; every `every` steps (and at the end or at a

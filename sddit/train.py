@@ -487,6 +487,7 @@ def train(tc: TrainConfig, quiet: bool = False) -> Path:
         last_good = save_state(run, p, step, skipped, protect=last_good)
     return finish(run, p, step, log, stop_name, time.time() - t_start, quiet)
 
+# %% ../nbs/09_train.ipynb #1852c88b
 def finish(run: Run, p: Parts, step: int, log: RunLog | None, stop_name: str | None, seconds: float,
            quiet: bool) -> Path:
     "The last files (loss.png, samples.png), where everything is, and a stop that says how to resume (exit code 130)."

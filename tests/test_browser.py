@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ('11_explore', '11a_teacher_view', '11b_live')
 ARTIFACTS = ROOT / 'test-artifacts'
-CHROMIUM = '/usr/bin/chromium'
+CHROMIUM = os.environ.get('SDDIT_CHROMIUM', '/usr/bin/chromium')   # another Chromium-family binary: set this
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 SKIP_FLAGS = ('slow', 'cuda', 'browser', 'notest')   # cells nbdev_test skips by default are left out here too
@@ -28,7 +28,7 @@ RUN_ALL_TIMEOUT = 900                                  # s: kernel start + every
 def _missing() -> list:
     out = []
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        out.append(f"Debian's chromium is not at {CHROMIUM} (apt-get install -y chromium)")
+        out.append(f"no chromium at {CHROMIUM} (apt-get install -y chromium, or point SDDIT_CHROMIUM at one)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

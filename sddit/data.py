@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt
 from .runtime import SdditError
 
 # %% auto #0
-__all__ = ['MNIST_INSTALL', 'PIXEL_DATA', 'Digits', 'stratified_split', 'split_tensors', 'load_digits_tensors', 'to_display',
-           'show_images', 'batch_indices', 'mnist_arrays', 'load_mnist_tensors', 'check_pixel_data', 'load_pixel_data']
+__all__ = ['MNIST_INSTALL', 'PIXEL_DATA', 'PIXEL_SHAPES', 'Digits', 'stratified_split', 'split_tensors', 'load_digits_tensors',
+           'to_display', 'show_images', 'batch_indices', 'mnist_arrays', 'load_mnist_tensors', 'check_pixel_data',
+           'load_pixel_data']
 
 # %% ../nbs/00_data.ipynb #06c733ea
 @dataclass
@@ -125,6 +126,7 @@ def load_mnist_tensors(held_out: float = 0.2, seed: int = 0) -> Digits:
 
 # %% ../nbs/00_data.ipynb #4193dd7e
 PIXEL_DATA = {'digits': load_digits_tensors, 'mnist': load_mnist_tensors}
+PIXEL_SHAPES = {'digits': (1, 8, 8), 'mnist': (1, 32, 32)}           # C×H×W of each, known without loading it
 
 def check_pixel_data(name: str):
     "An `SdditError` now if bundled data set `name` cannot be loaded (unknown, or its optional package is missing)."

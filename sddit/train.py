@@ -387,14 +387,15 @@ def stop_agreed(stop: StopRequest, step: int, due: bool, procs: Procs) -> bool:
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
-def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0) -> dict:
+def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0, data: str = 'digits') -> dict:
     "FID and class accuracy of EMA samples, digits or MNIST (`08_metrics`), and the probe of its encoder (`08b`)."
     from sddit.metrics import evaluate_digits
     from sddit.probe import probe_encoder
     t0 = time.time()
     r = evaluate_digits(ema, n_per_class=log.eval_per_class, steps=log.eval_steps, cfg_scale=log.cfg_scale, seed=seed,
                         metrics=('fid',), threads=None)               # the trainer's threads: 2× faster on 2 cores
-    probe = {f'probe_{k.split("@")[0]}': v for k, v in probe_encoder(ema.net.encoder, sigmas=(0.002,)).items()}
+    probe = probe_encoder(ema.net.encoder, sigmas=(0.002,), data=data)        # on the run's own data set
+    probe = {f'probe_{k.split("@")[0]}': v for k, v in probe.items()}
     return dict(fid=r['fid'], class_acc=r['class_acc'], **probe, eval_s=round(time.time() - t0, 3))
 
 def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
@@ -402,7 +403,7 @@ def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
     tc = run.tc
     if log is None: return
     if due_eval:
-        row.update(evaluate_ema(p.ema, tc.log, tc.run.seed))
+        row.update(evaluate_ema(p.ema, tc.log, tc.run.seed, tc.inputs.data))
         title = f'{tc.recipe.method}, {tc.preset}: EMA model, CFG {tc.log.cfg_scale:g}'
         plot_fid(log.rows + [row], run.out / 'fid.png', title)
     log.write(row)

@@ -39,11 +39,13 @@ class NetConfig:
     "Which network: a model preset of 03_dit and what to change in it."
     model: str | None = setting(None, f"network preset: {', '.join(MODEL_PRESETS)}")
     patch_size: int | None = setting(None, "override the model preset's patch size")
-    cls_init: str = setting('learned', "[CLS] at the encoder's input: learned (the paper) or pooled (+ mean visible patch)")
+    cls_init: str = setting('learned', "[CLS] at the encoder's input: learned (the paper) "
+                                       "or pooled (+ mean visible patch)")
     attention: str = setting('sdpa', 'attention kernel: sdpa (scaled_dot_product_attention) or math (written out)')
     decoder_interface: str | None = setting(None, "encoder→decoder: none (the paper's reading) or maskdit "
                                                   "(LayerNorm + adaLN + zero-initialised Linear, position added once)")
-    cls_to_decoder: bool | None = setting(None, "the encoder's [CLS] joins the decoder's tokens (MaskDiT's direct_cls_token)")
+    cls_to_decoder: bool | None = setting(None, "the encoder's [CLS] joins the decoder's tokens "
+                                                "(MaskDiT's direct_cls_token)")
 
 @dataclass
 class RecipeConfig:
@@ -56,7 +58,8 @@ class RecipeConfig:
     no_disc: bool = setting(False, 'SD-DiT without L_D and the teacher (Table 3)')
     teacher_sigma: str = setting('min', "the teacher's noise: min (σ_T = 0.002), a value, or same (drawn like σ_S)")
     teacher_label: str | None = setting(None, "the teacher's class: student (the student's label) or null (none)")
-    teacher_momentum_start: float | None = setting(None, "the teacher's EMA momentum β at step 0 (cosine to the end value)")
+    teacher_momentum_start: float | None = setting(None, "the teacher's EMA momentum β at step 0 "
+                                                         "(cosine to the end value)")
     teacher_momentum_end: float | None = setting(None, "the teacher's EMA momentum β at the last step")
     center_head: bool | None = setting(None, "centre the head's input over the global batch ([CLS] and patches apart; "
                                              "iBOT's centring batch norm)")
@@ -96,7 +99,8 @@ class LogConfig:
     keep_ckpts: int = setting(3, 'ckpt-<step>.pt files kept (ckpt.pt is the newest)')
     sample_every: int | None = setting(None, 'steps between sample grids (0: none)')
     sample_steps: int | None = setting(None, 'Heun steps of the sample grids (NFE = 2N − 1)')
-    cfg_scale: float | None = setting(None, 'classifier-free guidance scale of the sample grids and evaluations (1: none)')
+    cfg_scale: float | None = setting(None, 'classifier-free guidance scale of the sample grids and evaluations '
+                                            '(1: none)')
     eval_every: int | None = setting(None, 'digits, mnist: FID and class accuracy of the EMA model every N steps '
                                            '(0: never)')
     eval_per_class: int = setting(20, 'samples per class of each evaluation')
@@ -166,7 +170,8 @@ def loss_config(tc: TrainConfig, num_classes: int) -> LossConfig:
     "What one step computes, for a resolved run."
     r = tc.recipe
     return LossConfig(method=r.method, mask_ratio=r.mask_ratio, num_classes=num_classes, disc=not r.no_disc,
-                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max, teacher_label=r.teacher_label)
+                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max,
+                      teacher_label=r.teacher_label)
 
 def _positive(group, names, zero_ok: bool = False):
     for k in names:
@@ -188,7 +193,8 @@ def check_run(run: RunConfig):
     if run.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {run.precision!r}: pass --precision fp32, tf32 or bf16")
     if run.precision == 'tf32' and not run.device.startswith('cuda'):
-        raise ConfigError(f"--precision tf32 is a CUDA tensor-core mode, but --device is {run.device}: pass fp32 or bf16")
+        raise ConfigError(f"--precision tf32 is a CUDA tensor-core mode, but --device is {run.device}: "
+                          "pass fp32 or bf16")
     if run.precision == 'bf16' and run.device.startswith('cuda') and not torch.cuda.is_bf16_supported():
         raise ConfigError("--precision bf16 needs a GPU with bfloat16 (Ampere or newer): pass --precision fp32 or tf32")
 
@@ -241,7 +247,8 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
         raise ConfigError(f"--no-disc and --teacher-sigma apply to --method sddit only, got --method {r.method}")
     if r.distill_chunk < 0: raise ConfigError(f"--distill-chunk must be 0 or positive, got {r.distill_chunk}")
     for k in ('teacher_momentum_start', 'teacher_momentum_end'):
-        if not 0 <= getattr(r, k) <= 1: raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {getattr(r, k)}")
+        if not 0 <= getattr(r, k) <= 1:
+            raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {getattr(r, k)}")
     if tc.run.lr_warmup < 0: raise ConfigError(f"--lr-warmup must be 0 or a positive integer, got {tc.run.lr_warmup}")
     check_run(tc.run)
     check_log(tc.log)
@@ -271,8 +278,9 @@ def add_settings(parser: argparse.ArgumentParser, groups: dict = GROUPS):
 def parse_args(argv=None) -> TrainConfig:
     "Command-line flags → a `TrainConfig` (flags not given stay unset: the preset or the field's default decides)."
     p = argparse.ArgumentParser(prog='python -m sddit.train',
-                                description='Train SD-DiT (or a baseline) and write a run folder. Under torchrun it trains '
-                                            'with DDP on every process; restarting the same command resumes.')
+                                description='Train SD-DiT (or a baseline) and write a run folder. '
+                                            'Under torchrun it trains with DDP on every process; '
+                                            'restarting the same command resumes.')
     p.add_argument('--preset', default='digits', help=f"training preset: {', '.join(TRAIN_PRESETS)} (default digits)")
     a = vars(add_settings(p).parse_args(argv))
     return TrainConfig(**{k: v for k, v in a.items() if v is not None})

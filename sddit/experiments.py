@@ -30,7 +30,8 @@ EXPERIMENTS = {
     'maskdit':      dict(method='maskdit'),
     'dit':          dict(method='dit'),
 }
-PROBES = {                        # why the [CLS] half of L_D goes uniform (bench/cls_probe.py); not in the default sweep
+# why the [CLS] half of L_D goes uniform (bench/cls_probe.py); not in the default sweep
+PROBES = {
     'cls-pool':   dict(recipe='paper', cls_init='pooled'),      # [CLS] + the mean visible patch: image-dependent start
     'cls-freeze': dict(recipe='paper', freeze_last_layer=100),  # prototypes fixed for 100 steps (DINO, iBOT)
     'cls-sharp':  dict(recipe='paper', tau_t=0.01, tau_t_start=0.01),   # a far sharper teacher
@@ -158,7 +159,8 @@ def results_table(rows: list) -> str:
              '|---|---|---|---|---|---|---|---|']
     for n, m in s.items():
         frac = next(r.get('mask_fraction') for r in rows if r['name'] == n)
-        lines.append(f"| {n} | {'—' if frac is None else f'{frac:.3g}'} | {_pm(m['fid'])} | {_pm(m['class_acc'], '.3f')} "
+        lines.append(f"| {n} | {'—' if frac is None else f'{frac:.3g}'} | {_pm(m['fid'])} "
+                     f"| {_pm(m['class_acc'], '.3f')} "
                      f"| {_pm(m['knn_cls@0.002'], '.3f')} | {_pm(m['knn_patch@0.002'], '.3f')} "
                      f"| {m['train_s'][0]:.0f} | {m['fid'][2]} |")
     return '\n'.join(lines)
@@ -167,7 +169,8 @@ def paired_table(rows: list, base: str = 'sddit', keys=('fid', 'class_acc', 'knn
     "Per-seed differences against `base` (same seed: same data order, noise and evaluation draws)."
     by = {(r['name'], r['seed']): r for r in rows}
     names = [n for n in summarize(rows) if n != base]
-    lines = ['| variant | ' + ' | '.join(f'{k} − {base}, per seed' for k in keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    lines = ['| variant | ' + ' | '.join(f'{k} − {base}, per seed' for k in keys) + ' |',
+             '|---' * (len(keys) + 1) + '|']
     for n in names:
         seeds = sorted(k for m, k in by if m == n and (base, k) in by)
         if not seeds: continue
@@ -181,7 +184,8 @@ def paired_table(rows: list, base: str = 'sddit', keys=('fid', 'class_acc', 'knn
 
 def curve_times(row: dict, step_ms: dict | None = None) -> list:
     "The (time, FID) points of a run: its training time, or steps × a quiet step time of its variant."
-    if step_ms and row['name'] in step_ms: return [(st * step_ms[row['name']] / 1000, f) for st, _, f, _ in row['curve']]
+    if step_ms and row['name'] in step_ms:
+        return [(st * step_ms[row['name']] / 1000, f) for st, _, f, _ in row['curve']]
     return [(t, f) for _, t, f, _ in row['curve']]
 
 def fid_at(points: list, T: float) -> float:
@@ -214,14 +218,15 @@ def probe_table(rows: list) -> str:
 
 def collapse_table(rows: list) -> str:
     "The collapse check of every variant with L_D: the teacher's final entropies (mean over seeds) against log K."
-    lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) | log K |',
+    lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) '
+             '| log K |',
              '|---|---|---|---|---|---|']
     for n in summarize(rows):
         rs = [r for r in rows if r['name'] == n and 'token_entropy_patch' in r]
         if not rs: continue
         m = {k: float(np.mean([r[k] for r in rs])) for k in COLLAPSE_KEYS[2:]}
-        lines.append(f"| {n} | {m['token_entropy_cls']:.2f} | {m['entropy_cls']:.2f} | {m['token_entropy_patch']:.2f} | "
-                     f"{m['entropy_patch']:.2f} | {m['log_K']:.2f} |")
+        lines.append(f"| {n} | {m['token_entropy_cls']:.2f} | {m['entropy_cls']:.2f} | "
+                     f"{m['token_entropy_patch']:.2f} | {m['entropy_patch']:.2f} | {m['log_K']:.2f} |")
     return '\n'.join(lines)
 
 # %% ../nbs/12_experiments.ipynb #5e6c57b6
@@ -271,7 +276,8 @@ def write_summary(rows: list, out, steps: int, step_ms: dict | None = None):
     clock = 'steps × the quiet step time of each variant' if step_ms else 'measured training time'
     parts = [results_table(rows), f'Paired by seed:\n\n{paired_table(rows)}',
              f'At equal training time (T = {T:.0f} s, {clock}):\n\n{et}',
-             f'The probe of the final EMA encoder (k-NN and linear, [CLS] and mean patch, at each σ):\n\n{probe_table(rows)}',
+             f'The probe of the final EMA encoder (k-NN and linear, [CLS] and mean patch, at each σ):\n\n'
+             f'{probe_table(rows)}',
              f'Teacher entropies at the end of training (collapse check):\n\n{collapse_table(rows)}',
              f'{len(rows)} runs of {steps} steps; {hours:.1f} h of run time in all (training + evaluation, one run '
              f'after another)']

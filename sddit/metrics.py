@@ -32,14 +32,14 @@ __all__ = ['CLASSIFIER_CONFIGS', 'DIGITS_EXTRACTOR', 'MNIST_EXTRACTOR', 'INCEPTI
 
 # %% ../nbs/08_metrics.ipynb #8aa1620e
 class MetricsError(SdditError):
-    "A bad input or a missing file for a metric: the message names the value and the fix (CLIs print it as one line, exit 2)."
+    "A bad input or a missing file for a metric: the message names the value and the fix (CLIs: one line, exit 2)."
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     "Images in [−1, 1] (N×C×H×W float) → uint8 N×C×H×W, as ADM saves samples."
     return ((x.detach().float().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
 def as_uint8_images(x) -> torch.Tensor:
-    "A uint8 N×C×H×W tensor from: float images in [−1, 1] (N×C×H×W), or uint8 N×C×H×W / N×H×W×C (ADM's `arr_0`) / N×H×W."
+    "A uint8 N×C×H×W tensor from floats in [−1, 1] (N×C×H×W) or uint8 N×C×H×W / N×H×W×C (ADM's `arr_0`) / N×H×W."
     x = torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x.detach().cpu()
     if x.is_floating_point():
         if x.ndim != 4: raise MetricsError(f"float images must be N×C×H×W in [−1, 1], got shape {tuple(x.shape)}")
@@ -118,10 +118,13 @@ class DigitsClassifier(nn.Module):
 @contextlib.contextmanager
 def _threads(n: int | None):
     "Run with `n` intra-op threads for torch and the BLAS under numpy (None: leave as is)."
-    if n is None: yield; return
+    if n is None:
+        yield
+        return
     try: from threadpoolctl import threadpool_limits               # comes with scikit-learn
     except ImportError: threadpool_limits = lambda n: contextlib.nullcontext()
-    old = torch.get_num_threads(); torch.set_num_threads(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         with threadpool_limits(n): yield
     finally: torch.set_num_threads(old)
@@ -143,7 +146,9 @@ def train_digits_classifier(cfg: ClassifierConfig = ClassifierConfig()) -> tuple
         for _ in range(cfg.steps):
             idx = torch.randint(len(x_tr), (cfg.batch_size,), generator=g)
             loss = F.cross_entropy(net(x_tr[idx])[1], ds.y_train[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         net.eval().requires_grad_(False)
         with torch.no_grad(): acc = (net(x_te)[1].argmax(1) == ds.y_test).float().mean().item()
     return net, acc
@@ -173,7 +178,8 @@ def digits_classifier(path=None, cfg: ClassifierConfig | None = None, retrain: b
             atomic_write(path, lambda tmp: torch.save(st, tmp), fsync=False)
         except OSError: pass                                              # a read-only home: keep it in memory
     net = _net(st['config'])
-    net.load_state_dict(st['state_dict']); net.eval().requires_grad_(False)
+    net.load_state_dict(st['state_dict'])
+    net.eval().requires_grad_(False)
     net.held_out_acc, net.train_s = st['held_out_acc'], st.get('train_s')
     _CLASSIFIERS[str(path)] = net
     return net
@@ -186,7 +192,7 @@ EXTRACTORS = {'digits': DIGITS_EXTRACTOR, 'mnist': MNIST_EXTRACTOR}    # bundled
 DATASET_OF = {v: k for k, v in EXTRACTORS.items()}
 
 class DigitsFeatureExtractor(FeatureExtractorBase):
-    "torch-fidelity feature extractor `sddit-digits`: the digit classifier's 64-d features and 10 logits of uint8 1×8×8 images."
+    "torch-fidelity feature extractor `sddit-digits`: the digit classifier's 64-d features, 10 logits of 1×8×8 uint8."
     dataset = 'digits'
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -230,15 +236,17 @@ for _name, _cls in ((DIGITS_EXTRACTOR, DigitsFeatureExtractor), (MNIST_EXTRACTOR
 
 # %% ../nbs/08_metrics.ipynb #a7161341
 def _download(url: str, timeout: float = 60.0):
-    old = socket.getdefaulttimeout(); socket.setdefaulttimeout(timeout)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
         with contextlib.redirect_stderr(io.StringIO()):              # torch hub's "Downloading: …" line
             torch.hub.load_state_dict_from_url(url, progress=False, map_location='cpu')
     finally: socket.setdefaulttimeout(old)
 
 def inception_weights(path=None, download: bool = True) -> str:
-    "Path of torch-fidelity's Inception-v3 weights: `path`, else torch hub's cache (downloading if allowed); `MetricsError` otherwise."
-    fetch = f"download {URL_INCEPTION_V3} on a machine with internet and pass it with --fid-weights PATH (Python: fid_weights=PATH)"
+    "torch-fidelity's Inception-v3 weights: `path`, else torch hub's cache (downloaded if allowed), or `MetricsError`."
+    fetch = (f"download {URL_INCEPTION_V3} on a machine with internet and pass it with --fid-weights PATH "
+             f"(Python: fid_weights=PATH)")
     if path is not None:
         if not Path(path).is_file(): raise MetricsError(f"--fid-weights {path}: no such file; {fetch}")
         return str(path)
@@ -247,8 +255,8 @@ def inception_weights(path=None, download: bool = True) -> str:
         try: _download(URL_INCEPTION_V3)
         except Exception: pass
     if not cached.is_file():
-        raise MetricsError(f"the Inception-v3 weights for FID/IS are not on this machine and cannot be downloaded: {fetch}, "
-                           f"or copy it to {cached}")
+        raise MetricsError(f"the Inception-v3 weights for FID/IS are not on this machine and cannot be downloaded: "
+                           f"{fetch}, or copy it to {cached}")
     return str(cached)
 
 # %% ../nbs/08_metrics.ipynb #346d5028
@@ -288,7 +296,8 @@ def extract_features(images, extractor: str = DIGITS_EXTRACTOR, layer: str | Non
     kw = _fidelity_kwargs(extractor, device, fid_weights, batch_size, verbose, 2020)
     with _threads(1 if extractor in DATASET_OF else None):
         fe = create_feature_extractor(extractor, [layer], **kw)
-        return get_featuresdict_from_dataset(UInt8Images(_prepare(images, extractor)), fe, batch_size, kw['cuda'], True, verbose)[layer]
+        return get_featuresdict_from_dataset(UInt8Images(_prepare(images, extractor)), fe, batch_size, kw['cuda'], True,
+                                             verbose)[layer]
 
 def reference_stats(images, **kw) -> dict:
     "ADM-style reference statistics `{'mu', 'sigma'}` of `images` (keyword arguments go to `extract_features`)."
@@ -297,7 +306,7 @@ def reference_stats(images, **kw) -> dict:
 
 def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, device='cpu', fid_weights=None,
                     batch_size: int = 64, verbose: bool = False, seed: int = 2020) -> dict:
-    "FID / IS / KID / precision-recall of `samples` against `ref` (images, or a dict with 'mu', 'sigma' and/or 'images')."
+    "FID / IS / KID / precision-recall of `samples` against `ref`: images, or a dict of 'mu', 'sigma' and/or 'images'."
     x1 = as_uint8_images(samples)
     stats = images2 = None
     if isinstance(ref, dict):
@@ -311,14 +320,16 @@ def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, de
                            f"{INCEPTION_EXTRACTOR}")
     x1 = _prepare(x1, extractor)
     x2 = None if images2 is None else _prepare(images2, extractor)
-    available = ['isc'] + (['fid'] if (stats is not None or x2 is not None) else []) + (['kid', 'prc'] if x2 is not None else [])
+    available = (['isc'] + (['fid'] if (stats is not None or x2 is not None) else [])
+                 + (['kid', 'prc'] if x2 is not None else []))
     metrics = [m for m in METRICS if m in available] if metrics is None else list(metrics)
     for m in metrics:
         if m not in METRICS: raise MetricsError(f"unknown metric {m!r}: choose from {', '.join(METRICS)}")
         if m not in available:
             raise MetricsError(f"{m} needs reference images, but the reference holds only statistics (mu, sigma): "
                                f"pass a reference with images, or leave {m} out")
-    if len(x1) < 2 or (x2 is not None and len(x2) < 2): raise MetricsError("every set of images needs at least 2 images")
+    if len(x1) < 2 or (x2 is not None and len(x2) < 2):
+        raise MetricsError("every set of images needs at least 2 images")
     kw = _fidelity_kwargs(extractor, device, fid_weights, batch_size, verbose, seed)
     fid_from_stats = 'fid' in metrics and stats is not None
     flags = {m: (m in metrics and not (m == 'fid' and fid_from_stats)) for m in METRICS}
@@ -331,7 +342,8 @@ def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, de
             raw = torch_fidelity.calculate_metrics(**kw)
         out.update({_KEYS[k]: float(v) for k, v in raw.items() if k in _KEYS})
     if fid_from_stats:
-        f1 = extract_features(x1, extractor, device=device, fid_weights=fid_weights, batch_size=batch_size, verbose=verbose)
+        f1 = extract_features(x1, extractor, device=device, fid_weights=fid_weights, batch_size=batch_size,
+                              verbose=verbose)
         out['fid'] = frechet_distance(*feature_stats(f1), *stats)
     out.update(n_samples=len(x1), n_ref=None if x2 is None else len(x2), feature_extractor=extractor)
     return {k: out[k] for k in ['fid', 'isc', 'isc_std', 'kid', 'kid_std', 'precision', 'recall', 'f_score',

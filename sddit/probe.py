@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import load_digits_tensors
+from .data import load_digits_tensors, load_pixel_data
 from .edm import edm_coefficients, sigma_data as SIGMA_DATA
 
 # %% auto #0
-__all__ = ['encoder_features', 'knn_accuracy', 'linear_probe_accuracy', 'digits_split', 'probe_encoder', 'pixel_probe']
+__all__ = ['encoder_features', 'knn_accuracy', 'linear_probe_accuracy', 'digits_split', 'data_split', 'probe_encoder',
+           'pixel_probe']
 
 # %% ../nbs/08b_probe.ipynb #c6abba05
 @torch.no_grad()
@@ -52,9 +53,15 @@ def digits_split() -> tuple:
     ds = load_digits_tensors()
     return ds.x_train, ds.y_train, ds.x_test, ds.y_test
 
-def probe_encoder(encoder, sigmas=(0.002,), split: tuple | None = None) -> dict:
+def data_split(data: str = 'digits') -> tuple:
+    "The same four tensors of bundled data set `data` ('digits' or 'mnist', `00_data`)."
+    if data == 'digits': return digits_split()
+    ds = load_pixel_data(data)
+    return ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+def probe_encoder(encoder, sigmas=(0.002,), split: tuple | None = None, data: str = 'digits') -> dict:
     "k-NN and linear-probe accuracy of the encoder's [CLS] and mean patch token at each σ: {'knn_cls@0.002': …}."
-    x_tr, y_tr, x_te, y_te = split or digits_split()
+    x_tr, y_tr, x_te, y_te = split or data_split(data)
     was_training = encoder.training
     encoder.eval()
     out = {}
@@ -67,8 +74,8 @@ def probe_encoder(encoder, sigmas=(0.002,), split: tuple | None = None) -> dict:
     encoder.train(was_training)
     return out
 
-def pixel_probe(split: tuple | None = None) -> dict:
+def pixel_probe(split: tuple | None = None, data: str = 'digits') -> dict:
     "The floor: k-NN and linear probe on the raw (clean) pixels."
-    x_tr, y_tr, x_te, y_te = split or digits_split()
+    x_tr, y_tr, x_te, y_te = split or data_split(data)
     tr, te = x_tr.flatten(1), x_te.flatten(1)
     return dict(knn=knn_accuracy(tr, y_tr, te, y_te), lin=linear_probe_accuracy(tr, y_tr, te, y_te))

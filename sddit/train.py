@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import load_digits_tensors, batch_indices
+from .data import PIXEL_DATA, load_pixel_data, batch_indices
 from .imagenet import LatentShards, LATENT_SCALE
 from .edm import EDMPrecond
 from .dit import SDDiT, DiTConfig
@@ -49,7 +49,7 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 # %% ../nbs/09_train.ipynb #61e8f227
 @dataclass
 class TrainData:
-    "What the loop reads: digits as tensors (`x`, `y`) or latent `shards`; size, classes, item shape, a description."
+    "What the loop reads: digits/MNIST tensors (`x`, `y`) or latent `shards`; size, classes, item shape, a description."
     n: int
     num_classes: int
     shape: tuple
@@ -59,11 +59,11 @@ class TrainData:
     info: dict = field(default_factory=dict)
 
 def open_data(data: str, seed: int = 0, device='cpu') -> TrainData:
-    "The training data `data` ('digits' or a folder of latent shards); a `ConfigError` for missing or broken shards."
-    if data == 'digits':
-        ds = load_digits_tensors()
+    "The training data `data` ('digits', 'mnist' or a folder of latent shards); a `ConfigError` when it is missing."
+    if data in PIXEL_DATA:                                              # a bundled set, its training split
+        ds = load_pixel_data(data)
         return TrainData(len(ds.x_train), ds.num_classes, ds.shape, ds.x_train.to(device), ds.y_train.to(device),
-                         info=dict(kind='digits', n=len(ds.x_train), num_classes=ds.num_classes))
+                         info=dict(kind=data, n=len(ds.x_train), num_classes=ds.num_classes))
     try: ds = LatentShards(data, flip='random', sample=True, seed=seed)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"--data {data}: {e}" if data not in str(e) else str(e)) from None
@@ -387,14 +387,15 @@ def stop_agreed(stop: StopRequest, step: int, due: bool, procs: Procs) -> bool:
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
-def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0) -> dict:
-    "Digits-FID and class accuracy of samples from the EMA model (`08_metrics`), and the probe of its encoder (`08b`)."
+def evaluate_ema(ema: EDMPrecond, log: LogConfig, seed: int = 0, data: str = 'digits') -> dict:
+    "FID and class accuracy of EMA samples, digits or MNIST (`08_metrics`), and the probe of its encoder (`08b`)."
     from sddit.metrics import evaluate_digits
     from sddit.probe import probe_encoder
     t0 = time.time()
     r = evaluate_digits(ema, n_per_class=log.eval_per_class, steps=log.eval_steps, cfg_scale=log.cfg_scale, seed=seed,
                         metrics=('fid',), threads=None)               # the trainer's threads: 2× faster on 2 cores
-    probe = {f'probe_{k.split("@")[0]}': v for k, v in probe_encoder(ema.net.encoder, sigmas=(0.002,)).items()}
+    probe = probe_encoder(ema.net.encoder, sigmas=(0.002,), data=data)        # on the run's own data set
+    probe = {f'probe_{k.split("@")[0]}': v for k, v in probe.items()}
     return dict(fid=r['fid'], class_acc=r['class_acc'], **probe, eval_s=round(time.time() - t0, 3))
 
 def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
@@ -402,7 +403,7 @@ def log_row(run: Run, p: Parts, log: RunLog | None, row: dict, due_eval: bool):
     tc = run.tc
     if log is None: return
     if due_eval:
-        row.update(evaluate_ema(p.ema, tc.log, tc.run.seed))
+        row.update(evaluate_ema(p.ema, tc.log, tc.run.seed, tc.inputs.data))
         title = f'{tc.recipe.method}, {tc.preset}: EMA model, CFG {tc.log.cfg_scale:g}'
         plot_fid(log.rows + [row], run.out / 'fid.png', title)
     log.write(row)

@@ -216,8 +216,8 @@ def render_masks(x0, mask_ratio: float, seed: int = 0, sigma: float = 0.5, patch
     kinds = [0, 2] if method == 'maskdit' else [0, 1]
     fig.legend(handles=[Patch(**{k: v for k, v in _SOURCE[s].items() if k != 'gid'}) for s in kinds],
                loc='lower center', ncol=2, fontsize=7, frameon=False)
-    fig.suptitle(f"{method}: mask ratio r = {mask_ratio:g}, n_vis = ⌊L(1−r)⌋ = {v['K']} of L = {v['L']} patches visible, "
-                 f"σ = {sigma:.3g}", fontsize=9)
+    fig.suptitle(f"{method}: mask ratio r = {mask_ratio:g}, n_vis = ⌊L(1−r)⌋ = {v['K']} of L = {v['L']} patches "
+                 f"visible, σ = {sigma:.3g}", fontsize=9)
     h = fig.get_figheight()
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / h, bottom=0.45 / h, wspace=0.1, hspace=0.25)
     return fig

@@ -90,6 +90,7 @@ class RunConfig:
     grad_checkpoint: bool = setting(False, 'recompute DiT blocks in backward: less memory, ~1/3 more compute')
     max_bad_steps: int = setting(10, 'stop after this many non-finite losses in a row')
 
+# %% ../nbs/09b_config.ipynb #1ed55586
 @dataclass
 class LogConfig:
     "What the run writes, and how often: the folder, metrics, checkpoints, sample grids and evaluations."
@@ -225,6 +226,7 @@ def check_data(tc: TrainConfig):
     if tc.log.vae is not None and d in PIXEL_DATA:
         raise ConfigError(f"--vae decodes latent samples, but the {d} data are pixels: drop --vae")
 
+# %% ../nbs/09b_config.ipynb #6077949c
 def resolve_config(tc: TrainConfig, need_data: bool = True) -> TrainConfig:
     "Fill every `None` from the preset and check the result once (the data only if `need_data`); raises `ConfigError`."
     if tc.preset not in TRAIN_PRESETS:

@@ -216,6 +216,7 @@ def probe_table(rows: list) -> str:
         lines.append(f'| {n} | ' + ' | '.join('—' if v[2] == 0 else f'{v[0]:.3f}' for v in m.values()) + ' |')
     return '\n'.join(lines)
 
+# %% ../nbs/12_experiments.ipynb #1dc47464
 def collapse_table(rows: list) -> str:
     "The collapse check of every variant with L_D: the teacher's final entropies (mean over seeds) against log K."
     lines = ['| variant | [CLS] H(P_T) per image | [CLS] H(mean P_T) | patch H(P_T) per token | patch H(mean P_T) '

@@ -36,7 +36,8 @@ SIGMA_T = sigma_min   # the teacher's noise level σ_T = 0.002 of the paper (§3
 def default_ckpt(env: str = 'SDDIT_CKPT') -> str | None:
     "The explorer's checkpoint: `$SDDIT_CKPT`, else the lessons' trained model (`14_course`) if there, else None."
     if os.environ.get(env): return os.environ[env]
-    for start in (Path.cwd(), Path(__file__).resolve().parent):      # a clone: nbs/assets/digits-default.pt
+    here = [Path(__file__).resolve().parent] if '__file__' in globals() else []    # not defined in a notebook
+    for start in (Path.cwd(), *here):                                # a clone: nbs/assets/digits-default.pt
         try: path = lesson_model_path(repo_root(start))
         except FileNotFoundError: continue
         if path.is_file(): return str(path)

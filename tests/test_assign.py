@@ -280,7 +280,7 @@ def test_an_alternative_correct_answer_gets_full_marks(made, tmp_path):
     nb = fill_answers(read_notebook(out / '04_dino.ipynb'), read_notebook(NBS / '04_dino.ipynb'))
     cell = next(c for c in nb.cells if '#| exercise dino-head' in c.source)
     a = cell.source.index('        last = nn.Linear(')
-    b = cell.source.index('\n', cell.source.index('g.data.fill_(1.0)')) + 1
+    b = cell.source.index('\n', cell.source.index('g.requires_grad_(False)')) + 1
     cell.source = cell.source[:a] + (
         '        class UnitRows(nn.Module):                     # w = v / ‖v‖: unit rows, nothing to fix\n'
         '            def forward(self, v): return F.normalize(v, dim=1)\n'

@@ -1,6 +1,6 @@
 """Why does the [CLS] half of L_D not learn on digits? Five variants, one table.
 
-Every SD-DiT run of the digits sweep ends with a uniform [CLS] teacher (entropy of each image's P_T = log K): the
+Under the paper's recipe every SD-DiT run on digits ends with a uniform [CLS] teacher (entropy of each image's P_T = log K): the
 [CLS] part of L_D sits at log K and gives no gradient, while the patch part stays healthy. This script trains the
 `digits` preset five ways and prints the teacher's [CLS] and patch entropies as training goes. Where the [CLS]
 entropy per image equals the entropy of the batch mean, every image gets the same [CLS] distribution:
@@ -13,7 +13,8 @@ entropy per image equals the entropy of the batch mean, every image gets the sam
 * `clean`  — the student's σ capped at 0.2, so it always sees the digit clearly (this changes L_G too).
 
 Every variant is a setting of the trainer (`sddit.experiments.PROBES`), recorded in its run's config.json like any
-other; the package's default trains `paper`.
+other. All five start from `--recipe paper`; the kit's default recipe adds centring of the head's input, which
+keeps the [CLS] alive (04_dino, 06_losses).
 
     python bench/cls_probe.py [--steps 300] [--freeze 100] [--seed 0] [--variants paper pool ...]
 """
@@ -28,8 +29,8 @@ VARIANTS = ('paper', 'pool', 'freeze', 'sharp', 'clean')
 
 
 def settings(variant: str, n_freeze: int) -> dict:
-    if variant == 'paper': return {}
-    if variant == 'freeze': return dict(freeze_last_layer=n_freeze)
+    if variant == 'paper': return dict(recipe='paper')           # every variant starts from the paper's recipe
+    if variant == 'freeze': return dict(recipe='paper', freeze_last_layer=n_freeze)
     return PROBES[f'cls-{variant}']
 
 

@@ -488,7 +488,12 @@ def write_readme(index=None) -> Path:
 LESSON_MODEL = 'assets/digits-default.pt'      # in nbs/
 
 def lesson_model_path(root=None) -> Path:
-    "Where the lessons' trained model lives (it may not exist yet: `python -m sddit.course model`)."
+    """Where the lessons' trained model lives (it may not exist yet: `python -m sddit.course model`): in the clone at
+    or above `root`, by default the working directory's clone, else the clone this package was installed from."""
+    if root is None and '__file__' in globals():                  # a notebook copied out of the clone still finds it
+        for start in (Path.cwd(), Path(__file__).resolve().parent):
+            try: return nbs_dir(repo_root(start)) / LESSON_MODEL
+            except FileNotFoundError: continue
     return nbs_dir(root) / LESSON_MODEL
 
 def slim_checkpoint(st: dict) -> dict:

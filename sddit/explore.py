@@ -36,12 +36,9 @@ SIGMA_T = sigma_min   # the teacher's noise level σ_T = 0.002 of the paper (§3
 def default_ckpt(env: str = 'SDDIT_CKPT') -> str | None:
     "The explorer's checkpoint: `$SDDIT_CKPT`, else the lessons' trained model (`14_course`) if there, else None."
     if os.environ.get(env): return os.environ[env]
-    here = [Path(__file__).resolve().parent] if '__file__' in globals() else []    # not defined in a notebook
-    for start in (Path.cwd(), *here):                                # a clone: nbs/assets/digits-default.pt
-        try: path = lesson_model_path(repo_root(start))
-        except FileNotFoundError: continue
-        if path.is_file(): return str(path)
-    return None
+    try: path = lesson_model_path()                    # this clone's nbs/assets/digits-default.pt, or sddit's clone's
+    except FileNotFoundError: return None
+    return str(path) if path.is_file() else None
 
 def as_images(x) -> torch.Tensor:
     "An image batch as a float tensor N×C×H×W in [−1, 1]; also takes C×H×W or H×W arrays."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_course.ipynb #ea59c337
 from __future__ import annotations
-import argparse, configparser, datetime, difflib, hashlib, json, os, subprocess, sys, tempfile, time
+import argparse, configparser, datetime, difflib, hashlib, json, os, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,7 +389,9 @@ def execute_notebooks(paths, manifest=None, timeout: float = 600, clean: bool = 
     for p in map(Path, paths):
         nb, seconds, errs = run_notebook(p, timeout)
         nbformat.write(nb, p)
-        if clean: subprocess.run(['nbdev_clean', '--fname', str(p.resolve())], check=True, cwd=repo_root())
+        if clean:                                    # nbdev_clean beside this Python when the venv is not activated
+            exe = shutil.which('nbdev_clean') or str(Path(sys.executable).with_name('nbdev_clean'))
+            subprocess.run([exe, '--fname', str(p.resolve())], check=True, cwd=repo_root())
         data = json.loads(p.read_text())
         man['notebooks'][_key(p, mpath)] = dict(
             code_cells=code_hashes(data), seconds=round(seconds, 1), torch=torch.__version__,

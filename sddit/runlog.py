@@ -126,7 +126,7 @@ def plot_loss(rows: list, path: Path):
     plt.close(fig)
 
 def plot_fid(rows: list, path: Path, title: str = ''):
-    "fid.png: digits-FID and class accuracy of the EMA model against the step."
+    "fid.png: FID (digit-classifier features) and class accuracy of the EMA model against the step."
     import matplotlib.pyplot as plt
     ev = [r for r in rows if 'fid' in r]
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -134,7 +134,7 @@ def plot_fid(rows: list, path: Path, title: str = ''):
     ax.plot(s, [r['fid'] for r in ev], 'o-', c='C0')
     ax.set_ylim(bottom=0)
     ax.set_xlabel('step')
-    ax.set_ylabel('digits-FID (↓)', color='C0')
+    ax.set_ylabel('FID (↓)', color='C0')
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(s, [r['class_acc'] for r in ev], 's--', c='C1')

@@ -14,8 +14,9 @@ from .runtime import SdditError, cli
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'PROBES', 'PROBE_SIGMAS', 'SCHEDULE', 'CANDIDATES', 'SELECTION_SEEDS', 'COLLAPSE_KEYS', 'settings_of',
            'collapsed', 'choose_default', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize', 'fid_name',
-           'results_table', 'paired_table', 'curve_times', 'fid_at', 'equal_time_table', 'probe_table',
-           'collapse_table', 'plot_results', 'write_summary', 'step_times', 'select_recipe', 'run_experiments', 'main']
+           'results_table', 'paired_table', 'curve_times', 'fid_at', 'equal_time', 'equal_time_table', 'probe_table',
+           'collapse_table', 'plot_results', 'write_summary', 'plot_samples', 'step_times', 'rung_table',
+           'select_recipe', 'run_experiments', 'main']
 
 # %% ../nbs/12_experiments.ipynb #6ba176f1
 EXPERIMENTS = {
@@ -199,17 +200,23 @@ def fid_at(points: list, T: float) -> float:
     if T < ts[0] - 1e-9 or T > ts[-1] + 1e-9: return math.nan
     return float(np.interp(T, ts, fs))
 
-def equal_time_table(rows: list, step_ms: dict | None = None) -> tuple[str, float]:
-    "(FID of every variant at the fastest variant's full training time, that time T in seconds)."
+def equal_time(rows: list, step_ms: dict | None = None) -> tuple[dict, float]:
+    "({variant: (steps done by T, (mean, sd, n) of its FID at T)}, T): T is the fastest variant's full training time."
     s = summarize(rows)
     ends = {n: np.mean([curve_times(r, step_ms)[-1][0] for r in rows if r['name'] == n]) for n in s}
     T = float(min(ends.values()))
-    lines = [f'| variant | steps done by T | FID at T ↓ |', '|---|---|---|']
+    out = {}
     for n in s:
         rs = [r for r in rows if r['name'] == n]
-        f = _ms([fid_at(curve_times(r, step_ms), T) for r in rs])
-        steps = np.mean([r['steps'] * T / curve_times(r, step_ms)[-1][0] for r in rs])
-        lines.append(f'| {n} | {steps:.0f} | {_pm(f)} |')
+        out[n] = (float(np.mean([r['steps'] * T / curve_times(r, step_ms)[-1][0] for r in rs])),
+                  _ms([fid_at(curve_times(r, step_ms), T) for r in rs]))
+    return out, T
+
+def equal_time_table(rows: list, step_ms: dict | None = None) -> tuple[str, float]:
+    "(FID of every variant at the fastest variant's full training time, that time T in seconds)."
+    et, T = equal_time(rows, step_ms)
+    lines = [f'| variant | steps done by T | FID at T ↓ |', '|---|---|---|']
+    lines += [f'| {n} | {steps:.0f} | {_pm(f)} |' for n, (steps, f) in et.items()]
     return '\n'.join(lines), T
 
 def probe_table(rows: list) -> str:
@@ -290,6 +297,30 @@ def write_summary(rows: list, out, steps: int, step_ms: dict | None = None):
              f'after another)']
     Path(out, 'summary.md').write_text('\n\n'.join(parts) + '\n')
     plot_results(rows, Path(out) / 'experiments.png', step_ms)
+    plot_samples(out, [n for n in summarize(rows)], path=Path(out) / 'samples.png')    # where the runs are still here
+
+# %% ../nbs/12_experiments.ipynb #cf93324d
+def plot_samples(out, names=None, seed: int = 0, steps: int = 20, path=None):
+    "One row of samples (digits 0–9, guidance 1) from the final EMA model of each variant's `seed` run in `out/runs`."
+    import matplotlib.pyplot as plt, torch
+    from sddit.train import load_run
+    from sddit.sampler import generate
+    from sddit.data import to_display
+    runs = [(n, Path(out, 'runs', f'{n}-s{seed}')) for n in (names or EXPERIMENTS)]
+    runs = [(n, d) for n, d in runs if (d / 'ckpt.pt').exists()]
+    if not runs: return None
+    fig, axs = plt.subplots(len(runs), 10, figsize=(8, 0.85 * len(runs) + 0.4), squeeze=False)
+    for (n, d), row in zip(runs, axs):
+        _, p, step = load_run(d)
+        imgs = to_display(generate(p.ema, torch.arange(10), steps=steps, seed=0))
+        for j, ax in enumerate(row):
+            ax.imshow(imgs[j], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+            ax.set_xticks([]); ax.set_yticks([])
+        row[0].set_ylabel(n, rotation=0, ha='right', va='center', fontsize=8)
+    fig.suptitle(f'the final EMA model of each seed-{seed} run: digits 0–9, guidance 1, {steps} Heun steps', fontsize=9)
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=100)
+    return fig
 
 # %% ../nbs/12_experiments.ipynb #39d4bb39
 def step_times(names=None, steps: int = 20, warmup: int = 5, preset: str = 'digits') -> dict:
@@ -301,6 +332,25 @@ def step_times(names=None, steps: int = 20, warmup: int = 5, preset: str = 'digi
         method = kw.pop('method', 'sddit')
         out[n] = bench_step(preset, method, batch=None, steps=steps, warmup=warmup, **kw)['ms']
     return out
+
+# %% ../nbs/12_experiments.ipynb #dfde8865
+def rung_table(rungs: dict, names=('sddit', 'no-disc', 'enc-dec', 'maskdit', 'dit')) -> str:
+    "Mean FID ± sd (rank) of `names` on each rung, at equal steps and equal time; `rungs`: {label: (rows, step_ms)}."
+    cols, head = [], []
+    for label, (rows, st) in rungs.items():
+        s, (et, T) = summarize(rows), equal_time(rows, st)
+        steps = {n: (s[n]['fid'][0], _pm(s[n]['fid'])) for n in names if n in s}
+        timed = {n: (et[n][1][0], _pm(et[n][1])) for n in names if n in et}
+        cols += [steps, timed]
+        head += [f'{label}, equal steps', f'{label}, equal time (T = {T:.0f} s)']
+    def ranked(col):
+        order = sorted((v[0], n) for n, v in col.items() if not math.isnan(v[0]))
+        rank = {n: i + 1 for i, (_, n) in enumerate(order)}
+        return {n: f'{v[1]} ({rank[n]})' if n in rank else '—' for n, v in col.items()}
+    cols = [ranked(c) for c in cols]
+    lines = ['| variant | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
+    lines += [f'| {n} | ' + ' | '.join(c.get(n, '—') for c in cols) + ' |' for n in names]
+    return '\n'.join(lines)
 
 # %% ../nbs/12_experiments.ipynb #e3c7b899
 def select_recipe(out, steps: int = 800, seeds=SELECTION_SEEDS, **kw) -> tuple[str, list]:

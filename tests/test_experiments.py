@@ -26,6 +26,7 @@ def test_sweep_writes_rows_summary_plot_and_resumes(tmp_path):
     assert summary.count('| sddit |') == 4          # quality, equal-time, probe and collapse tables (the pairing base)
     assert summary.count('| dit |') == 4            # quality, paired, equal-time and probe tables (no L_D: no collapse)
     assert (out / 'experiments.png').stat().st_size > 10_000
+    assert (out / 'samples.png').stat().st_size > 5_000                               # a row of samples per variant
     r = run(*args)                                                                     # everything done: nothing reruns
     assert r.returncode == 0, r.stderr
     assert len((out / 'results.jsonl').read_text().splitlines()) == 2
@@ -49,4 +50,5 @@ def test_mnist_preset_runs_on_mnist_into_its_own_folder(tmp_path):
     assert row['fid'] > 0 and 0 <= row['knn_patch@0.002'] <= 1 and 'teacher_knn_cls@0.002' in row
     cfg = json.loads((out / 'runs' / 'sddit-s0' / 'config.json').read_text())
     assert cfg['data']['kind'] == 'mnist' and cfg['model']['input_size'] == 32
+    assert '| MNIST-FID ↓ |' in (out / 'summary.md').read_text()                       # scored by the MNIST classifier
     assert_one_line_error(run(*args), 'holds mnist runs, not digits', prog='sddit.experiments')   # one preset a folder

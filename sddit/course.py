@@ -89,8 +89,9 @@ LESSONS = [
            "what the encoder knows: k-NN and linear-probe accuracy of frozen features, the paper's mechanism claim",
            'measure a representation, with its floors (raw pixels, a random encoder)', 15, True),
     Lesson('12_experiments', 'run and read', 'sddit.experiments',
-           "the paper's Table 3, Fig. 5 and Fig. 6 and the encoder–decoder control on digits: equal steps and "
-           'equal time, three seeds, digits-FID, class accuracy and the probe; how the default recipe was chosen',
+           "the paper's Table 3, Fig. 5 and Fig. 6 and the encoder–decoder control on digits (16 tokens), the core "
+           'comparison on MNIST (64 tokens): equal steps and equal time, seeds, FID, class accuracy and the probe; '
+           'how the default recipe was chosen',
            'read an ablation critically: paired seeds, spreads, held-out selection seeds, equal cost', 30, True),
     Lesson('00a_imagenet', 'engineering', 'sddit.imagenet',
            "ImageNet class folders, ADM's exact centre crop, SD-VAE latent shards",

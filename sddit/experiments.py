@@ -257,7 +257,11 @@ def plot_results(rows: list, path=None, step_ms: dict | None = None):
     ax.set(ylabel=fid, title='Table 3, the control and the baselines')
     frac = {n: next(r['mask_fraction'] for r in rows if r['name'] == n) for n in s}
     fig5 = sorted((frac[n], n) for n in s if n == 'sddit' or n.startswith('mask-'))
-    if fig5:
+    if len(fig5) < 2:                                            # one mask ratio: no curve to draw
+        axs[1].axis('off')
+        axs[1].text(0.5, 0.5, 'Fig. 5: one mask ratio only\n(run mask-0.125 … mask-0.75 for the curve)',
+                    ha='center', va='center', fontsize=9, transform=axs[1].transAxes)
+    else:
         ax = axs[1]
         ax.errorbar([f for f, _ in fig5], [s[n]['fid'][0] for _, n in fig5], yerr=[s[n]['fid'][1] for _, n in fig5],
                     marker='o', capsize=3, color='#5e3c99')

@@ -161,7 +161,8 @@ def results_table(rows: list) -> str:
     "Equal steps: FID, class accuracy, the probe at σ_T, the real mask fraction and the training time."
     keys = ('fid', 'class_acc', 'knn_cls@0.002', 'knn_patch@0.002', 'train_s')
     s = summarize(rows, keys)
-    lines = [f'| variant | mask hidden | {fid_name(rows)} ↓ | class acc ↑ | k-NN [CLS] ↑ | k-NN patch ↑ | train s | seeds |',
+    lines = [f'| variant | mask hidden | {fid_name(rows)} ↓ | class acc ↑ | k-NN [CLS] ↑ | k-NN patch ↑ | train s '
+             f'| seeds |',
              '|---|---|---|---|---|---|---|---|']
     for n, m in s.items():
         frac = next(r.get('mask_fraction') for r in rows if r['name'] == n)
@@ -319,7 +320,7 @@ def plot_samples(out, names=None, seed: int = 0, steps: int = 20, path=None):
         imgs = to_display(generate(p.ema, torch.arange(10), steps=steps, seed=0))
         for j, ax in enumerate(row):
             ax.imshow(imgs[j], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
-            ax.set_xticks([]); ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         row[0].set_ylabel(n, rotation=0, ha='right', va='center', fontsize=8)
     fig.suptitle(f'the final EMA model of each seed-{seed} run: digits 0–9, guidance 1, {steps} Heun steps', fontsize=9)
     fig.tight_layout()

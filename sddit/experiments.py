@@ -13,10 +13,10 @@ from .runtime import SdditError, cli
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'PROBES', 'PROBE_SIGMAS', 'SCHEDULE', 'CANDIDATES', 'SELECTION_SEEDS', 'COLLAPSE_KEYS', 'settings_of',
-           'collapsed', 'choose_default', 'run_one', 'final_stats', 'load_results', 'run_all', 'summarize', 'fid_name',
-           'results_table', 'paired_table', 'curve_times', 'fid_at', 'equal_time', 'equal_time_table', 'probe_table',
-           'collapse_table', 'plot_results', 'write_summary', 'plot_samples', 'step_times', 'rung_table',
-           'select_recipe', 'run_experiments', 'main']
+           'collapsed', 'choose_default', 'run_one', 'final_stats', 'load_results', 'load_sweep', 'run_all',
+           'summarize', 'fid_name', 'results_table', 'paired_table', 'curve_times', 'fid_at', 'equal_time',
+           'equal_time_table', 'probe_table', 'collapse_table', 'plot_results', 'write_summary', 'plot_samples',
+           'step_times', 'rung_table', 'select_recipe', 'run_experiments', 'main']
 
 # %% ../nbs/12_experiments.ipynb #6ba176f1
 EXPERIMENTS = {
@@ -118,6 +118,13 @@ def load_results(path) -> list:
     "All rows of a JSON-lines file — results.jsonl, a run's metrics.jsonl — (empty if there is none yet)."
     path = Path(path)
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+def load_sweep(out) -> tuple[list, dict | None]:
+    "A results folder's scored rows and its quiet step times (None where `--step-times` has not been run)."
+    out = Path(out)
+    st = out / 'step_times.json'
+    rows = [r for r in load_results(out / 'results.jsonl') if 'curve' in r]
+    return rows, (json.loads(st.read_text()) if st.exists() else None)
 
 def run_all(out, names=None, seeds=(0, 1, 2), steps: int = 800, **kw) -> list:
     "Run every (variant, seed) not yet in `out/results.jsonl`, appending as it goes: an interrupted sweep resumes."
@@ -316,7 +323,7 @@ def plot_samples(out, names=None, seed: int = 0, steps: int = 20, path=None):
     if not runs: return None
     fig, axs = plt.subplots(len(runs), 10, figsize=(8, 0.85 * len(runs) + 0.4), squeeze=False)
     for (n, d), row in zip(runs, axs):
-        _, p, step = load_run(d)
+        p = load_run(d)[1]
         imgs = to_display(generate(p.ema, torch.arange(10), steps=steps, seed=0))
         for j, ax in enumerate(row):
             ax.imshow(imgs[j], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
@@ -407,8 +414,7 @@ def run_experiments(argv=None) -> list:
         print(json.dumps(st, indent=1))
         return [st]
     rows = run_all(a.out, a.only, a.seeds, a.steps, **kw)
-    st_path = Path(a.out, 'step_times.json')
-    write_summary(rows, a.out, a.steps, json.loads(st_path.read_text()) if st_path.exists() else None)
+    write_summary(rows, a.out, a.steps, load_sweep(a.out)[1])
     print(Path(a.out, 'summary.md').read_text())
     print(f"wrote {Path(a.out) / 'results.jsonl'}, {Path(a.out) / 'summary.md'}, {Path(a.out) / 'experiments.png'}")
     return rows
